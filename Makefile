@@ -1,0 +1,25 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set the environment up first
+# (scripts/setup.sh: idempotent, seconds when already done; the first run builds mmcv, ~15 min).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-slow demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/nepa-eval demo
+
+bench: setup
+	$(VENV)/bin/nepa-eval bench backbone
+
+clean:
+	rm -rf work_dirs .pytest_cache

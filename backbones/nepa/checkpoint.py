@@ -1,0 +1,525 @@
+"""One door for NEPA weights: every checkpoint format a user holds, recognised, mapped and reported.
+
+Formats: the public release's Hugging Face model directories (config.json + model.safetensors /
+pytorch_model.bin / pytorch_model_ema.bin), single .safetensors files, our own checkpoints
+(``nepa-eval convert`` output, pretraining and fine-tuning run checkpoints), mmengine checkpoints
+(``state_dict`` + ``meta``), ``{'model': ...}`` / ``{'state_dict': ...}`` / ``{'ema': ...}`` wrappers,
+``module.`` / ``backbone.`` prefixes, and plain timm-style state dicts. Pickled files are read with
+``weights_only=True``: a checkpoint cannot execute code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .model import NepaConfig, NepaViT
+
+logger = logging.getLogger("nepa")
+
+FORMAT_TAG = "nepa-eval/1"
+HF_PREFIX = "vit_nepa."
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_EMA_FILE = "pytorch_model_ema.bin"
+WRAPPER_KEYS = ("state_dict", "model", "module", "model_ema", "ema", "state_dict_ema")
+STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.", "model.", "encoder.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit the model; the message says what and how to fix it."""
+
+
+@dataclass
+class LoadReport:
+    """What `from_pretrained` / `load_weights` actually did."""
+
+    path: str
+    fmt: str
+    loaded: int = 0
+    total: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        s = f"loaded {self.loaded}/{self.total} tensors from {self.path} [{self.fmt}]"
+        if self.missing:
+            s += f"; newly initialised: {_brief(self.missing)}"
+        if self.unexpected:
+            s += f"; ignored: {_brief(self.unexpected)}"
+        for n in self.notes:
+            s += f"; note: {n}"
+        return s
+
+
+def _brief(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# reading files safely
+# ----------------------------------------------------------------------------------------------
+def _history_buffer_getattr(obj: Any, name: str) -> Any:
+    """The only getattr a checkpoint may call: mmengine's HistoryBuffer pickles its bound statistics methods."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and isinstance(name, str) and not name.startswith("_"):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"getattr({type(obj).__name__}, {name!r}) is not allowed in a checkpoint")
+
+
+def _safe_globals() -> list[Any]:
+    """Plain-data classes that mmengine and numpy put into checkpoints; none can run code on load."""
+    allowed: list[Any] = [(_history_buffer_getattr, "builtins.getattr")]
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+
+        allowed.append(HistoryBuffer)
+    except Exception:  # mmengine is optional for the core
+        pass
+    try:
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core
+        allowed += [np.dtype, np.ndarray, core.multiarray._reconstruct, core.multiarray.scalar]
+        allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    except Exception:
+        pass
+    return allowed
+
+
+def register_safe_globals() -> None:
+    """Let torch's weights_only loader read mmengine run checkpoints (HistoryBuffer, numpy scalars).
+
+    This allow-lists a few data-only classes; it does not disable the weights_only protection.
+    """
+    torch.serialization.add_safe_globals(_safe_globals())
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True and clear messages for corrupt, truncated or unsafe files."""
+    path = str(path)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "weights_only" in msg or "Unsupported global" in msg:
+            detail = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), msg.splitlines()[0])
+            raise CheckpointError(
+                f"{path}: refusing to unpickle objects that are not tensors or plain data ({detail[:300]}). "
+                "Checkpoints are loaded with weights_only=True so that a file cannot run code; re-save it as a "
+                "plain state dict or .safetensors (e.g. torch.save(model.state_dict(), ...))."
+            ) from e
+        raise CheckpointError(f"{path}: corrupt checkpoint, cannot unpickle ({msg}); re-download or re-save it") from e
+    except Exception as e:  # the unpickler raises KeyError, EOFError, RuntimeError... on foreign bytes
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or of an unknown format: {e}). "
+            "Supported: .pth/.pt/.bin (torch.save), .safetensors, or a Hugging Face model directory."
+        ) from e
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: corrupt or truncated .safetensors file ({e}); re-download or re-save it") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# recognising formats
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class RawCheckpoint:
+    """A state dict as found on disk, before mapping to our names, with whatever config came along."""
+
+    state_dict: dict[str, torch.Tensor]
+    fmt: str
+    hf_config: Optional[dict[str, Any]] = None
+    nepa_config: Optional[dict[str, Any]] = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_checkpoint(path: str | os.PathLike, ema: bool = False) -> RawCheckpoint:
+    """Read any supported file or directory into a RawCheckpoint (no model needed)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p} (check the path; a Hugging Face model must be a local "
+                              "directory holding config.json and model.safetensors)")
+    if p.is_dir():
+        return _read_hf_dir(p, ema)
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: empty file (an interrupted download or copy?)")
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if p.suffix == ".safetensors" or _looks_like_safetensors(p, head):
+        sd, meta = read_safetensors(p)
+        raw = RawCheckpoint(sd, "safetensors")
+        if "nepa_config" in meta:
+            raw.nepa_config = json.loads(meta["nepa_config"])
+            raw.fmt = "nepa-eval safetensors"
+        elif (p.parent / "config.json").exists() and any(k.startswith(HF_PREFIX) for k in sd):
+            raw.hf_config = json.loads((p.parent / "config.json").read_text())
+            raw.fmt = "hf safetensors + config.json"
+        return raw
+    obj = read_torch_file(p)
+    if p.name == HF_EMA_FILE or p.name in HF_WEIGHT_FILES:
+        cfg_file = p.parent / "config.json"
+        raw = _unwrap(obj, ema)
+        if cfg_file.exists():
+            raw.hf_config = json.loads(cfg_file.read_text())
+        return raw
+    return _unwrap(obj, ema)
+
+
+def _looks_like_safetensors(p: Path, head: bytes) -> bool:
+    if len(head) < 8 or head[:2] == b"PK" or head[:1] == b"\x80":
+        return False
+    n = int.from_bytes(head, "little")
+    if not 2 <= n <= p.stat().st_size:
+        return False
+    with open(p, "rb") as f:
+        f.seek(8)
+        return f.read(1) == b"{"
+
+
+def _read_hf_dir(d: Path, ema: bool) -> RawCheckpoint:
+    cfg_file = d / "config.json"
+    files = [HF_EMA_FILE] if ema else [*HF_WEIGHT_FILES, HF_EMA_FILE]
+    weights = next((d / f for f in files if (d / f).exists()), None)
+    if weights is None:
+        present = sorted(x.name for x in d.iterdir())[:10]
+        raise CheckpointError(f"{d}: no weights found; expected one of {files} in the directory (found: {present})")
+    if weights.suffix == ".safetensors":
+        sd, _ = read_safetensors(weights)
+        raw = RawCheckpoint(sd, "hf directory (model.safetensors)")
+    else:
+        raw = _unwrap(read_torch_file(weights), ema)
+        raw.fmt = f"hf directory ({weights.name})"
+    if cfg_file.exists():
+        try:
+            raw.hf_config = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
+    else:
+        raw.notes.append("no config.json: architecture inferred from tensor shapes")
+    return raw
+
+
+def _unwrap(obj: Any, ema: bool) -> RawCheckpoint:
+    """Find the state dict inside the usual wrappers and remember the config stored beside it."""
+    if not isinstance(obj, dict):
+        if isinstance(obj, nn.Module):  # cannot happen under weights_only, kept for clarity
+            obj = obj.state_dict()
+        else:
+            raise CheckpointError(f"unknown checkpoint format: a {type(obj).__name__}, not a dict of tensors")
+    nepa_cfg = obj.get("nepa_config") if isinstance(obj.get("nepa_config"), dict) else None
+    if nepa_cfg is None and isinstance(obj.get("meta"), dict) and isinstance(obj["meta"].get("nepa_config"), dict):
+        nepa_cfg = obj["meta"]["nepa_config"]
+    fmt = "state dict"
+    if obj.get("format") == FORMAT_TAG:
+        fmt = "nepa-eval checkpoint"
+    elif "meta" in obj and "state_dict" in obj:
+        fmt = "mmengine checkpoint"
+    order = (("ema_state_dict", "model_ema", "ema", "state_dict_ema") if ema else ()) + WRAPPER_KEYS
+    notes = []
+    for key in order:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if fmt == "state dict":
+                fmt = f"{{'{key}': ...}}"
+            if fmt == "mmengine checkpoint" and "ema_state_dict" in obj and key == "state_dict":
+                notes.append("mmengine EMAHook checkpoint: 'state_dict' holds the EMA weights")
+            return RawCheckpoint(dict(inner), fmt, nepa_config=nepa_cfg, notes=notes)
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"unknown checkpoint format: no tensors found (top-level keys: {_brief(list(obj))})")
+    return RawCheckpoint(tensors, fmt, nepa_config=nepa_cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# mapping names and inferring the architecture
+# ----------------------------------------------------------------------------------------------
+_HF_BLOCK_MAP = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.attention.q_norm": "attn.q_norm",
+    "attention.attention.k_norm": "attn.k_norm",
+    "attention.output.dense": "attn.proj",
+    "output.dense": "mlp.fc2",
+}
+_HF_LAYERSCALE = {"layer_scale.lambda1": "ls1.gamma", "output.layer_scale.lambda1": "ls2.gamma"}
+
+
+def convert_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the release's Hugging Face names to ours (fusing query/key/value and gate/up projections)."""
+    out: dict[str, torch.Tensor] = {}
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        if k.startswith("fc_norm.") or k.startswith("classifier."):
+            out[k.replace("classifier.", "head.")] = v
+            continue
+        if not k.startswith(HF_PREFIX):
+            out[k] = v  # left for the unexpected-keys report
+            continue
+        k = k[len(HF_PREFIX):]
+        if k == "embeddings.cls_token":
+            out["cls_token"] = v
+        elif k.startswith("embeddings.patch_embeddings.projection."):
+            out["patch_embed.proj." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("embeddings.position_embeddings"):
+            out["pos_embed"] = v
+        elif k.startswith("layernorm."):
+            out["norm." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("encoder.layer."):
+            _, _, i, rest = k.split(".", 3)
+            name, param = rest.rsplit(".", 1)
+            if rest in _HF_LAYERSCALE:
+                out[f"blocks.{i}.{_HF_LAYERSCALE[rest]}"] = v
+            elif name in ("attention.attention.query", "attention.attention.key", "attention.attention.value"):
+                pending.setdefault(f"blocks.{i}.attn.qkv.{param}", {})[name.rsplit(".", 1)[1]] = v
+            elif name in ("intermediate.gate_proj", "intermediate.up_proj"):
+                pending.setdefault(f"blocks.{i}.mlp.fc1.{param}", {})[name.rsplit(".", 1)[1]] = v
+            elif name in _HF_BLOCK_MAP:
+                out[f"blocks.{i}.{_HF_BLOCK_MAP[name]}.{param}"] = v
+            else:
+                out[HF_PREFIX + k] = v
+        else:
+            out[HF_PREFIX + k] = v
+    for key, parts in pending.items():
+        if {"query", "key", "value"} <= set(parts):
+            out[key] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+        elif "up_proj" in parts and "gate_proj" in parts:
+            out[key] = torch.cat([parts["gate_proj"], parts["up_proj"]], 0)  # our SwiGLU: [gate; up]
+        elif set(parts) == {"up_proj"}:
+            out[key] = parts["up_proj"]
+        else:
+            out.update({f"{key}<{n}>": t for n, t in parts.items()})  # incomplete: reported as unexpected
+    return out
+
+
+def strip_prefixes(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove wrapper prefixes (module., backbone., ...) that prefix the NEPA keys; report which."""
+    stripped = []
+    changed = True
+    while changed:
+        changed = False
+        for pre in STRIP_PREFIXES:
+            hits = [k for k in sd if k.startswith(pre)]
+            core = [k for k in hits if k[len(pre):].startswith(("blocks.", "patch_embed.", "cls_token"))
+                    or k[len(pre):].startswith(HF_PREFIX) or any(k[len(pre):].startswith(p) for p in STRIP_PREFIXES)]
+            if core:
+                sd = {(k[len(pre):] if k.startswith(pre) else k): v for k, v in sd.items()}
+                stripped.append(pre)
+                changed = True
+    return sd, stripped
+
+
+def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """Translate the release's config.json into NepaConfig fields."""
+    act = hf.get("hidden_act", "gelu")
+    if hf.get("use_gated_mlp", False):
+        mlp_type = "swiglu"
+        if act not in ("silu", "swish"):
+            raise CheckpointError(f"gated MLP with hidden_act={act!r} is not supported (only silu)")
+    else:
+        mlp_type = "gelu"
+        if act not in ("gelu",):
+            raise CheckpointError(f"hidden_act={act!r} is not supported for the plain MLP (only exact gelu)")
+    d = dict(
+        img_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 14), in_chans=hf.get("num_channels", 3),
+        embed_dim=hf["hidden_size"], depth=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+        mlp_hidden=hf.get("intermediate_size"), mlp_type=mlp_type, qkv_bias=hf.get("qkv_bias", True),
+        qk_norm=hf.get("qk_norm", True), qk_norm_affine=hf.get("qk_norm_affine", True),
+        qk_norm_bias=hf.get("qk_norm_bias", False), layerscale_init=hf.get("layerscale_value", 1e-5),
+        rope_theta=hf.get("rope_theta", 100.0), rope_rescale=hf.get("pos_embed_rescale"),
+        causal=hf.get("is_causal", True), drop_path_rate=hf.get("drop_path_prob", 0.0),
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+    )
+    return d
+
+
+def infer_config(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Architecture from tensor shapes alone (our key names). Heads follow from the QK-norm size or 64-dim heads."""
+    if "patch_embed.proj.weight" not in sd:
+        raise CheckpointError("cannot infer the architecture: no patch_embed.proj.weight; this does not look like a "
+                              "NEPA/ViT checkpoint")
+    w = sd["patch_embed.proj.weight"]
+    D, C, P = w.shape[0], w.shape[1], w.shape[2]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    hd = sd["blocks.0.attn.q_norm.weight"].shape[0] if "blocks.0.attn.q_norm.weight" in sd else 64
+    fc1, fc2 = sd["blocks.0.mlp.fc1.weight"].shape[0], sd["blocks.0.mlp.fc2.weight"].shape[1]
+    d: dict[str, Any] = dict(embed_dim=D, in_chans=C, patch_size=P, depth=depth, num_heads=max(1, D // hd),
+                             mlp_hidden=fc2, mlp_type="swiglu" if fc1 == 2 * fc2 else "gelu",
+                             qkv_bias="blocks.0.attn.qkv.bias" in sd,
+                             layerscale_init=1e-5 if "blocks.0.ls1.gamma" in sd else None,
+                             class_token="cls_token" in sd)
+    if "pos_embed" in sd:
+        n = sd["pos_embed"].shape[1]
+        side = int(round(n ** 0.5))
+        d.update(pos_embed="rope+abs", img_size=side * P)  # rope presence cannot be seen in weights
+    if "head.weight" in sd:
+        d["num_classes"] = sd["head.weight"].shape[0]
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# the door
+# ----------------------------------------------------------------------------------------------
+def to_nepa_state_dict(raw: RawCheckpoint) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our key names and notes on what was changed, for any RawCheckpoint."""
+    notes = list(raw.notes)
+    sd, stripped = strip_prefixes(raw.state_dict)
+    if stripped:
+        notes.append(f"stripped prefixes {stripped}")
+    if any(k.startswith(HF_PREFIX) for k in sd):
+        sd = convert_hf_state_dict(sd)
+    return sd, notes
+
+
+def resolve_config(raw: RawCheckpoint, sd: dict[str, torch.Tensor], notes: list[str]) -> dict[str, Any]:
+    """The architecture: stored with the weights (ours), from config.json (the release), or from shapes."""
+    if raw.nepa_config is not None:
+        cfg = dict(raw.nepa_config)
+    elif raw.hf_config is not None:
+        cfg = config_from_hf(raw.hf_config)
+        if "head.weight" in sd:
+            cfg["num_classes"] = sd["head.weight"].shape[0]
+        # the release's head is mean pooling + fc_norm
+        cfg["global_pool"] = "avg"
+        if "pos_embed" in sd:
+            cfg["pos_embed"] = "rope+abs"
+    else:
+        cfg = infer_config(sd)
+        notes.append("architecture inferred from tensor shapes")
+    return cfg
+
+
+def load_weights(model: NepaViT, path: str | os.PathLike, strict: bool = True, ema: bool = False,
+                 allow_new_head: bool = True) -> LoadReport:
+    """Load any supported checkpoint into an existing model; raise CheckpointError on any real mismatch.
+
+    Missing keys are allowed only for the classifier head (fc_norm/head) when `allow_new_head`, and for
+    QK-norm weights (loaded as ones, the release's Base quirk). Everything else missing, any shape
+    disagreement, or nothing matching at all, raises with the keys listed.
+    """
+    raw = read_checkpoint(path, ema=ema)
+    sd, notes = to_nepa_state_dict(raw)
+    return _load_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head)
+
+
+def _load_into(model: NepaViT, sd: dict[str, torch.Tensor], path: str, fmt: str, notes: list[str],
+               strict: bool, allow_new_head: bool) -> LoadReport:
+    own = model.state_dict()
+    report = LoadReport(path=path, fmt=fmt, total=len(own), notes=notes)
+    # the pretraining objective's mask token belongs to the trainer, not the backbone
+    unexpected = [k for k in sd if k not in own and k != "mask_token"]
+    if any(k.startswith(("head.", "fc_norm.")) for k in unexpected) and model.num_classes == 0:
+        report.notes.append("checkpoint has a classifier head; the model was built without one (head ignored)")
+        unexpected = [k for k in unexpected if not k.startswith(("head.", "fc_norm."))]
+    matched = {k: v for k, v in sd.items() if k in own}
+    if allow_new_head and "head.weight" in matched and matched["head.weight"].shape != own["head.weight"].shape:
+        report.notes.append(f"checkpoint head has {matched['head.weight'].shape[0]} classes, the model "
+                            f"{own['head.weight'].shape[0]}: head newly initialised")
+        matched = {k: v for k, v in matched.items() if not k.startswith("head.")}
+    if not matched:
+        raise CheckpointError(
+            f"{path} [{fmt}]: no tensor matched the NEPA model. The file has keys like {_brief(list(sd), 5)}; "
+            f"the model expects keys like {_brief(list(own), 5)}. Is this a NEPA/ViT checkpoint?")
+    bad_shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in matched.items() if v.shape != own[k].shape]
+    if bad_shapes:
+        raise CheckpointError(f"{path} [{fmt}]: shapes disagree with the model (wrong size or architecture?): "
+                              + "; ".join(bad_shapes[:10]) + (f" (+{len(bad_shapes) - 10} more)" if len(bad_shapes) > 10 else ""))
+    missing = [k for k in own if k not in matched]
+    qk = [k for k in missing if k.endswith(("q_norm.weight", "k_norm.weight"))]
+    if qk:
+        for k in qk:
+            matched[k] = torch.ones_like(own[k])
+        report.notes.append(f"{len(qk)} QK-norm weights missing in the checkpoint, loaded as ones (a no-affine "
+                            "QK-norm, as in the release's Base pretraining config)")
+        missing = [k for k in missing if k not in qk]
+    head = [k for k in missing if k.startswith(("head.", "fc_norm."))]
+    rest = [k for k in missing if k not in head]
+    if strict and (rest or (head and not allow_new_head)):
+        raise CheckpointError(f"{path} [{fmt}]: keys missing from the checkpoint: {_brief(rest or head, 12)}. "
+                              "Pass strict=False to initialise them fresh.")
+    model.load_state_dict(matched, strict=False)
+    report.loaded = len(matched) - len(qk)
+    report.missing = missing
+    report.unexpected = unexpected
+    if strict and unexpected:
+        raise CheckpointError(f"{path} [{fmt}]: keys the model does not have: {_brief(unexpected, 12)}. The "
+                              "checkpoint's architecture differs from the model's; pass strict=False to ignore them.")
+    logger.info("%s", report)
+    return report
+
+
+def from_pretrained(path: str | os.PathLike, ema: bool = False, num_classes: Optional[int] = None,
+                    strict: bool = True, verbose: bool = True, **overrides: Any) -> NepaViT:
+    """Build the NEPA model a checkpoint describes and load it; eval mode, trained attention mode.
+
+    `num_classes` replaces the head (0 drops it); `overrides` change any NepaConfig field (for
+    example ``causal=False`` or ``drop_path_rate=0.1``). The LoadReport is kept on
+    ``model.load_report``.
+    """
+    raw = read_checkpoint(path, ema=ema)
+    sd, notes = to_nepa_state_dict(raw)
+    cfg = resolve_config(raw, sd, notes)
+    if num_classes is not None:
+        cfg["num_classes"] = num_classes
+    try:
+        model = NepaViT(NepaConfig.from_dict(cfg, **overrides))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build the model it describes: {e}") from e
+    allow_head = num_classes is not None or cfg.get("num_classes", 0) == 0
+    report = _load_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head=allow_head)
+    if num_classes is not None and num_classes != (sd["head.weight"].shape[0] if "head.weight" in sd else 0):
+        report.notes.append(f"classifier head replaced for {num_classes} classes")
+    model.load_report = report
+    if verbose:
+        print(f"[nepa] {report}")
+    return model.eval()
+
+
+def save_checkpoint(model: NepaViT, path: str | os.PathLike, extra: Optional[dict[str, Any]] = None) -> Path:
+    """Write our format: .safetensors (config in metadata) or a torch file {'format', 'nepa_config', 'model'}."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    cfg = model.cfg.to_dict()
+    cfg["num_classes"], cfg["global_pool"], cfg["causal"] = model.num_classes, model.global_pool, model.causal
+    tmp = p.with_name(p.name + ".tmp")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(tmp), metadata={"format": FORMAT_TAG, "nepa_config": json.dumps(cfg)})
+    else:
+        torch.save({"format": FORMAT_TAG, "nepa_config": cfg, "model": sd, **(extra or {})}, tmp)
+    os.replace(tmp, p)  # never leave a half-written file under the final name
+    return p
+
+
+def fold_layerscale(model: NepaViT) -> NepaViT:
+    """Fold each LayerScale into the Linear before it (W <- diag(g) W, b <- g b); exact, and one op less."""
+    with torch.no_grad():
+        for blk in model.blocks:
+            for ls, lin in ((blk.ls1, blk.attn.proj), (blk.ls2, blk.mlp.fc2)):
+                if isinstance(ls, nn.Module) and hasattr(ls, "gamma"):
+                    g = ls.gamma
+                    lin.weight.mul_(g[:, None])
+                    lin.bias.mul_(g)
+            blk.ls1, blk.ls2 = nn.Identity(), nn.Identity()
+    model.cfg.layerscale_init = None
+    return model

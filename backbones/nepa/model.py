@@ -1,0 +1,493 @@
+"""The NEPA Vision Transformer: a (causal) ViT with 2D axial RoPE, QK-Norm, LayerScale and a GeLU or SwiGLU MLP.
+
+Pure PyTorch; nothing here imports timm, mmengine or mmseg. One class, `NepaViT`, serves as the
+pretraining backbone (``num_classes=0``) and as the classifier with the public release's head
+(final norm -> mean of patch tokens -> fc_norm -> zero-initialised Linear).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POS_EMBED_CHOICES = ("rope", "abs", "rope+abs", "none")
+MLP_CHOICES = ("gelu", "swiglu")
+POOL_CHOICES = ("avg", "token", "")
+
+
+@dataclass
+class NepaConfig:
+    """Every architecture switch of the paper's tables; the defaults are the public release's Base."""
+
+    img_size: int = 224
+    patch_size: int = 14
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_hidden: Optional[int] = None  # None -> 4 * embed_dim
+    mlp_type: str = "gelu"  # "gelu" (the release) or "swiglu" (the paper)
+    qkv_bias: bool = True
+    qk_norm: bool = True
+    qk_norm_affine: bool = True
+    qk_norm_bias: bool = False
+    layerscale_init: Optional[float] = 1e-5  # None -> no LayerScale
+    pos_embed: str = "rope"  # "rope", "abs" (learned, interpolated), "rope+abs", "none"
+    rope_theta: float = 100.0
+    rope_rescale: Optional[float] = 2.0  # train-time coordinate scale, log-uniform in [1/r, r]; None -> off
+    class_token: bool = True
+    causal: bool = True
+    drop_path_rate: float = 0.0
+    norm_eps: float = 1e-12
+    final_norm: bool = True
+    pad_to_patch: bool = False  # pad inputs to a multiple of the patch instead of raising
+    num_classes: int = 0
+    global_pool: str = "avg"
+
+    def __post_init__(self) -> None:
+        if self.pos_embed not in POS_EMBED_CHOICES:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_CHOICES}, got {self.pos_embed!r}")
+        if self.mlp_type not in MLP_CHOICES:
+            raise ValueError(f"mlp_type must be one of {MLP_CHOICES}, got {self.mlp_type!r}")
+        if self.global_pool not in POOL_CHOICES:
+            raise ValueError(f"global_pool must be one of {POOL_CHOICES}, got {self.global_pool!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if "rope" in self.pos_embed and (self.embed_dim // self.num_heads) % 4:
+            raise ValueError("2D RoPE needs a head dimension divisible by 4")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_hidden or 4 * self.embed_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> "NepaConfig":
+        """Build from a dict, ignoring unknown keys (so newer files load in older code)."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown NepaConfig fields: {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
+
+
+# ----------------------------------------------------------------------------------------------
+# layers
+# ----------------------------------------------------------------------------------------------
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel learned scale of a residual branch (init small, e.g. 1e-5)."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d patchify, raster order, with an explicit error (or padding) for non-multiple inputs."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, pad: bool = False) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.pad = pad
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
+        if x.shape[1] != self.proj.in_channels:
+            raise ValueError(f"expected {self.proj.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        H, W = x.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            if not self.pad:
+                raise ValueError(
+                    f"input size {H}x{W} is not a multiple of the patch size {p}; resize or crop to a multiple "
+                    f"(e.g. {H // p * p or p}x{W // p * p or p}), or build the model with pad_to_patch=True"
+                )
+            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
+        x = self.proj(x)
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid
+
+
+class Rope2D(nn.Module):
+    """2D axial rotary embedding of the release (DINOv3 style): normalised patch-centre coordinates.
+
+    Channels j and j + head_dim/2 form a rotation pair; the first quarter of the pairs rotate with
+    the y coordinate, the second with x. During training the coordinates are multiplied by one
+    log-uniform factor in [1/rescale, rescale] per forward pass.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 100.0, rescale: Optional[float] = None) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.rescale = rescale
+        inv_freq = 1.0 / theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = grid
+        cy = 2 * (torch.arange(0.5, h, device=device, dtype=torch.float32) / h) - 1
+        cx = 2 * (torch.arange(0.5, w, device=device, dtype=torch.float32) / w) - 1
+        coords = torch.stack(torch.meshgrid(cy, cx, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2) as (y, x)
+        if self.training and self.rescale is not None and self.rescale != 1.0:
+            lo, hi = -math.log(self.rescale), math.log(self.rescale)
+            coords = coords * torch.empty((), device=device).uniform_(lo, hi).exp()
+        angles = 2 * math.pi * coords[:, :, None] * self.inv_freq.to(device)  # (N, 2, hd/4)
+        angles = angles.flatten(1).repeat(1, 2)  # (N, hd): [y.., x.., y.., x..]
+        return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Rotate the patch tokens of x (B, heads, T, hd); the first `num_prefix` tokens stay unrotated."""
+    prefix, t = x[:, :, :num_prefix], x[:, :, num_prefix:]
+    half = t.shape[-1] // 2
+    rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
+    t = (t.float() * cos + rotated.float() * sin).to(x.dtype)
+    return torch.cat((prefix, t), dim=2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused QKV -> per-head QK-Norm -> RoPE -> SDPA (causal via is_causal)."""
+
+    def __init__(self, cfg: NepaConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
+        if cfg.qk_norm:
+            norm = lambda: nn.LayerNorm(  # noqa: E731 - one weight shared by all heads
+                cfg.head_dim, eps=cfg.norm_eps, elementwise_affine=cfg.qk_norm_affine,
+                bias=cfg.qk_norm_affine and cfg.qk_norm_bias)
+            self.q_norm, self.k_norm = norm(), norm()
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], num_prefix: int,
+                causal: bool) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q = apply_rope(q, *rope, num_prefix)
+            k = apply_rope(k, *rope, num_prefix)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return self.proj(x.transpose(1, 2).reshape(B, T, D))
+
+    def attention_probs(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], num_prefix: int,
+                        causal: bool) -> torch.Tensor:
+        """The (B, heads, T, T) attention matrix, for analysis only (the slow explicit path)."""
+        B, T, D = x.shape
+        q, k, _ = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope, num_prefix), apply_rope(k, *rope, num_prefix)
+        logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if causal:
+            logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        return logits.softmax(-1)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GeLU (exact erf) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: fc2(silu(gate) * up), gate and up computed by one fused projection `fc1` = [gate; up]."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with LayerScale and drop path on both branches."""
+
+    def __init__(self, cfg: NepaConfig, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = (SwiGLU if cfg.mlp_type == "swiglu" else Mlp)(cfg.embed_dim, cfg.hidden_dim)
+        ls = cfg.layerscale_init
+        self.ls1 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
+        self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], num_prefix: int,
+                causal: bool) -> torch.Tensor:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, num_prefix, causal)))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+# ----------------------------------------------------------------------------------------------
+class NepaViT(nn.Module):
+    """NEPA Vision Transformer: backbone (num_classes=0) or classifier with the release's head."""
+
+    def __init__(self, cfg: Optional[NepaConfig] = None, **kwargs: Any) -> None:
+        super().__init__()
+        cfg = NepaConfig.from_dict(cfg.to_dict() if cfg else {}, **kwargs)
+        self.cfg = cfg
+        self.causal = cfg.causal
+        self.num_prefix_tokens = 1 if cfg.class_token else 0
+        self.embed_dim = self.num_features = self.head_hidden_size = cfg.embed_dim
+        self.patch_size = cfg.patch_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, pad=cfg.pad_to_patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
+        self.base_grid = (cfg.img_size // cfg.patch_size,) * 2
+        self.pos_embed = (nn.Parameter(torch.zeros(1, self.base_grid[0] * self.base_grid[1], cfg.embed_dim))
+                          if "abs" in cfg.pos_embed else None)
+        self.rope = Rope2D(cfg.head_dim, cfg.rope_theta, cfg.rope_rescale) if "rope" in cfg.pos_embed else None
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size)
+                             for i in range(cfg.depth)]
+
+        self.global_pool = cfg.global_pool
+        self.num_classes = cfg.num_classes
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # -- init ------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """The release's init: trunc-normal 0.02 for Linear/Conv/tokens, zero biases, zero-initialised head."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # -- pieces used by the pretraining objective and the dense adapters ---------------------------
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """z = [cls ; patchify(x)]: the NEPA targets (no position information). Returns (z, grid)."""
+        z, grid = self.patch_embed(x)
+        if self.cls_token is not None:
+            z = torch.cat((self.cls_token.expand(z.shape[0], -1, -1).to(z.dtype), z), dim=1)
+        return z, grid
+
+    def _abs_pos(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        pos = self.pos_embed
+        if grid != self.base_grid:
+            pos = pos.reshape(1, *self.base_grid, -1).permute(0, 3, 1, 2)
+            pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
+            pos = pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
+        return pos.to(dtype)
+
+    def iter_blocks(self, z: torch.Tensor, grid: tuple[int, int], causal: Optional[bool] = None):
+        """Run the blocks over input embeddings z, yielding the (unnormalised) output of each block."""
+        causal = self.causal if causal is None else causal
+        x = z
+        if self.pos_embed is not None:
+            n = self.num_prefix_tokens
+            x = torch.cat((x[:, :n], x[:, n:] + self._abs_pos(grid, x.dtype)), dim=1)
+        rope = self.rope(grid, x.device) if self.rope is not None else None
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, rope, self.num_prefix_tokens, causal,
+                                                      use_reentrant=False)
+            else:
+                x = blk(x, rope, self.num_prefix_tokens, causal)
+            yield x
+
+    def forward_tokens(self, z: torch.Tensor, grid: tuple[int, int], causal: Optional[bool] = None) -> torch.Tensor:
+        """Transformer + final norm over input embeddings: h = norm(blocks(z)), (B, T, D)."""
+        x = z
+        for x in self.iter_blocks(z, grid, causal):
+            pass
+        return self.norm(x)
+
+    # -- timm-style API --------------------------------------------------------------------------
+    def set_causal(self, causal: bool) -> "NepaViT":
+        """Switch the attention between causal (pretraining) and bidirectional (fine-tuning)."""
+        self.causal = bool(causal)
+        return self
+
+    def forward_features(self, x: torch.Tensor, causal: Optional[bool] = None) -> torch.Tensor:
+        """Final-normed tokens (B, prefix + N, D), cls first."""
+        z, grid = self.embed(x)
+        return self.forward_tokens(z, grid, causal)
+
+    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        if pool_type == "token":
+            if not self.num_prefix_tokens:
+                raise ValueError("global_pool='token' needs a class token")
+            return x[:, 0]
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.fc_norm(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head (zero-initialised) for `num_classes` outputs; 0 removes it."""
+        if global_pool is not None:
+            if global_pool not in POOL_CHOICES:
+                raise ValueError(f"global_pool must be one of {POOL_CHOICES}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device = self.patch_embed.proj.weight.device
+        if num_classes > 0:
+            if not isinstance(self.fc_norm, nn.LayerNorm):
+                self.fc_norm = nn.LayerNorm(self.embed_dim, eps=self.cfg.norm_eps, device=device)
+            self.head = nn.Linear(self.embed_dim, num_classes, device=device)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Identity()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[int | Sequence[int]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        causal: Optional[bool] = None,
+    ):
+        """Outputs of chosen blocks as (B, D, h, w) maps (or NLC), with the final features unless asked not to.
+
+        `indices`: an int n takes the last n blocks; a sequence takes those block indices (negative allowed).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
+        depth = len(self.blocks)
+        if indices is None:
+            indices = depth
+        take = list(range(depth - indices, depth)) if isinstance(indices, int) else [i % depth for i in indices]
+        if any(not 0 <= i < depth for i in take):
+            raise ValueError(f"block indices {indices} out of range for depth {depth}")
+        last = max(take) if (stop_early or intermediates_only) else depth - 1
+        B = x.shape[0]
+        z, grid = self.embed(x)
+        n = self.num_prefix_tokens
+        outs, prefixes = [], []
+        for i, h in enumerate(self.iter_blocks(z, grid, causal)):
+            if i in take:
+                y = self.norm(h) if norm else h
+                prefixes.append(y[:, :n])
+                y = y[:, n:]
+                if output_fmt == "NCHW":
+                    y = y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+                outs.append(y)
+            if i == last:
+                break
+        if return_prefix_tokens:
+            outs = list(zip(outs, prefixes))
+        if intermediates_only:
+            return outs
+        return self.norm(h), outs
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        depth = len(self.blocks)
+        take = list(range(depth - indices, depth)) if isinstance(indices, int) else [i % depth for i in indices]
+        self.blocks = self.blocks[: max(take) + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return take
+
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+
+def nepa_vit(size: str = "base", **kwargs: Any) -> NepaViT:
+    """Build a NEPA ViT of a named size (tiny/small/base/large) with any config overrides."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    return NepaViT(NepaConfig(**{**SIZES[size], **kwargs}))

@@ -1,0 +1,118 @@
+"""timm registration: `timm.create_model('nepa_base_patch14_224', ...)` once `backbones` is imported."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .checkpoint import convert_hf_state_dict, load_weights, strip_prefixes, HF_PREFIX
+from .model import SIZES, NepaViT
+
+__all__ = ["checkpoint_filter_fn"]
+
+
+def _load_pretrained(self: NepaViT, path: str) -> None:
+    """timm's custom_load hook: any format the weight door accepts."""
+    report = load_weights(self, path, strict=True, allow_new_head=True)
+    self.load_report = report
+
+
+NepaViT.load_pretrained = _load_pretrained
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NepaViT) -> dict[str, torch.Tensor]:
+    """Map foreign state dicts (the release's HF names, wrapper prefixes) onto a NEPA model's keys."""
+    for key in ("state_dict", "model"):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+    state_dict, _ = strip_prefixes(state_dict)
+    if any(k.startswith(HF_PREFIX) for k in state_dict):
+        state_dict = convert_hf_state_dict(state_dict)
+    own = model.state_dict()
+    out = {k: v for k, v in state_dict.items() if k != "mask_token"}
+    for k in own:  # the release's Base pretraining config has no QK-norm affine: weight = 1
+        if k.endswith(("q_norm.weight", "k_norm.weight")) and k not in out:
+            out[k] = torch.ones_like(own[k])
+    if "head.weight" in out and ("head.weight" not in own or out["head.weight"].shape != own["head.weight"].shape):
+        out = {k: v for k, v in out.items() if not k.startswith("head.")}
+    return out
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.875,
+        "interpolation": "bicubic", "fixed_input_size": False, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "nepa_tiny_patch14_224.untrained": _cfg(),
+    "nepa_small_patch14_224.untrained": _cfg(),
+    "nepa_base_patch14_224.untrained": _cfg(),
+    "nepa_large_patch14_224.untrained": _cfg(crop_pct=0.95),
+    "nepa_tiny_patch16_224.untrained": _cfg(),
+    "nepa_small_patch16_224.untrained": _cfg(),
+    "nepa_base_patch16_224.untrained": _cfg(),
+    "nepa_large_patch16_224.untrained": _cfg(crop_pct=0.95),
+})
+
+
+def _create_nepa(variant: str, size: str, patch_size: int, pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and overlay.get("file"):  # a local file of any format: load it through our door
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": overlay.get("custom_load", True)}
+    out_indices = kwargs.pop("out_indices", 3)
+    model_args = dict(SIZES[size], patch_size=patch_size, causal=kwargs.pop("causal", False))
+    return build_model_with_cfg(
+        NepaViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **dict(model_args, **kwargs))
+
+
+@register_model
+def nepa_tiny_patch14_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Tiny/14 (192 wide, 12 blocks, 3 heads)."""
+    return _create_nepa("nepa_tiny_patch14_224", "tiny", 14, pretrained, **kwargs)
+
+
+@register_model
+def nepa_small_patch14_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Small/14 (384 wide, 12 blocks, 6 heads)."""
+    return _create_nepa("nepa_small_patch14_224", "small", 14, pretrained, **kwargs)
+
+
+@register_model
+def nepa_base_patch14_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Base/14 (768 wide, 12 blocks, 12 heads): the release's ViT-B."""
+    return _create_nepa("nepa_base_patch14_224", "base", 14, pretrained, **kwargs)
+
+
+@register_model
+def nepa_large_patch14_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Large/14 (1024 wide, 24 blocks, 16 heads): the release's ViT-L."""
+    return _create_nepa("nepa_large_patch14_224", "large", 14, pretrained, **kwargs)
+
+
+@register_model
+def nepa_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Tiny/16."""
+    return _create_nepa("nepa_tiny_patch16_224", "tiny", 16, pretrained, **kwargs)
+
+
+@register_model
+def nepa_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Small/16."""
+    return _create_nepa("nepa_small_patch16_224", "small", 16, pretrained, **kwargs)
+
+
+@register_model
+def nepa_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Base/16."""
+    return _create_nepa("nepa_base_patch16_224", "base", 16, pretrained, **kwargs)
+
+
+@register_model
+def nepa_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> NepaViT:
+    """NEPA-Large/16."""
+    return _create_nepa("nepa_large_patch16_224", "large", 16, pretrained, **kwargs)

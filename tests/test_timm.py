@@ -1,0 +1,87 @@
+"""timm's model contract for every registered NEPA size."""
+import pytest
+import timm
+import torch
+
+import backbones  # noqa: F401  registers the models
+from backbones.nepa import save_checkpoint
+
+NAMES = [f"nepa_{s}_patch{p}_224" for s in ("tiny", "small", "base", "large") for p in (14, 16)]
+SMALL = dict(depth=2)  # contract checks on 2 blocks of the real width keep the suite fast
+
+
+def test_all_registered():
+    assert set(NAMES) <= set(timm.list_models("nepa_*"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_contract(name):
+    torch.manual_seed(0)
+    m = timm.create_model(name, num_classes=4, **SMALL).eval()
+    p = m.patch_size
+    x = torch.randn(2, 3, 2 * p, 3 * p)
+    feats = m.forward_features(x)
+    assert feats.shape == (2, 1 + 6, m.num_features)
+    assert m.forward_head(feats, pre_logits=True).shape == (2, m.num_features)
+    assert m.forward_head(feats).shape == (2, 4)
+    assert m.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+    # forward_intermediates agrees with forward_features
+    final, inter = m.forward_intermediates(x, indices=[0, 1])
+    torch.testing.assert_close(final, feats)
+    assert [t.shape for t in inter] == [(2, m.num_features, 2, 3)] * 2
+    # grad checkpointing does not change outputs
+    m.train()
+    torch.manual_seed(1)
+    a = m.forward_features(x)
+    m.set_grad_checkpointing(True)
+    torch.manual_seed(1)
+    torch.testing.assert_close(m.forward_features(x), a)
+    m.reset_classifier(7)
+    assert m.get_classifier().out_features == 7 and m.num_classes == 7
+    assert m.get_classifier().weight.abs().sum() == 0  # zero-initialised head
+    m.reset_classifier(0)
+    assert m(x).shape == (2, m.num_features)
+    assert {"cls_token"} <= m.no_weight_decay()
+
+
+def test_group_matcher_orders_layers():
+    from timm.models import group_parameters
+
+    m = timm.create_model("nepa_tiny_patch14_224", depth=3)
+    groups = group_parameters(m, m.group_matcher())
+    assert groups[0] == [n for n in ("cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias")]
+    assert all(n.startswith("blocks.0.") for n in groups[1])
+    assert "norm.weight" in groups[3] and all(n.startswith(("blocks.2.", "norm.")) for n in groups[3])
+
+
+def test_default_pool_is_patch_mean_and_head():
+    m = timm.create_model("nepa_tiny_patch14_224", depth=1, num_classes=3).eval()
+    x = torch.randn(1, 3, 28, 28)
+    feats = m.forward_features(x)
+    pooled = m.fc_norm(feats[:, 1:].mean(1))
+    torch.testing.assert_close(m.forward_head(feats, pre_logits=True), pooled)
+
+
+def test_features_only():
+    fm = timm.create_model("nepa_tiny_patch14_224", features_only=True, out_indices=(3, 5, 7, 11))
+    outs = fm(torch.randn(1, 3, 56, 56))
+    assert [o.shape for o in outs] == [(1, 192, 4, 4)] * 4
+    assert fm.feature_info.reduction() == [14] * 4
+
+
+@pytest.mark.parametrize("fmt", ["hf_dir", "ours"])
+def test_pretrained_from_local_file(official_dir, tmp_path, fmt):
+    arch = dict(embed_dim=128, depth=2, num_heads=2, mlp_hidden=512)
+    path = official_dir / "nepa_tiny_cls_bidirectional"
+    if fmt == "ours":
+        from backbones.nepa import from_pretrained
+
+        path = save_checkpoint(from_pretrained(path, verbose=False), tmp_path / "c.pth")
+    m = timm.create_model("nepa_tiny_patch14_224", pretrained=True, num_classes=10,
+                          pretrained_cfg_overlay=dict(file=str(path)), **arch)
+    assert m.load_report.loaded == len(m.state_dict())
+    from safetensors.torch import load_file
+
+    exp = load_file(str(official_dir / "nepa_tiny_cls_bidirectional" / "expected.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(exp["pixel_values"]), exp["logits"], atol=1e-4, rtol=0)
