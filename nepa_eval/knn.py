@@ -1,0 +1,57 @@
+"""k-NN classification of frozen features (DINO style: cosine similarity, k = 20, temperature 0.07)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, loader: Iterable, device: Optional[torch.device] = None,
+                     pool: str = "avg", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised pooled features (mean of patch tokens, or cls with pool='token') and labels."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    feats, labels = [], []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="features", leave=False)
+    for batch in it:
+        x, y = (batch["inputs"], batch["labels"]) if isinstance(batch, dict) else batch
+        tokens = model.forward_features(x.to(device))
+        f = model.pool(tokens, pool) if hasattr(model, "pool") else tokens[:, 1:].mean(1)
+        feats.append(F.normalize(f.float(), dim=-1).cpu())
+        labels.append(torch.as_tensor(y).cpu())
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Class scores (N_test, C): the k nearest training features vote with weight exp(cos / T)."""
+    k = min(k, len(train_feats))
+    scores = []
+    for i in range(0, len(test_feats), chunk):
+        sim = test_feats[i:i + chunk] @ train_feats.T
+        top, idx = sim.topk(k, dim=1)
+        w = (top / temperature).exp()
+        votes = torch.zeros(len(top), num_classes)
+        votes.scatter_add_(1, train_labels[idx], w)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    """Top-1 (and top-5 when there are at least 5 classes) k-NN accuracy in percent."""
+    scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature)
+    out = {"knn_top1": 100.0 * (scores.argmax(1) == test_labels).float().mean().item()}
+    if num_classes >= 5:
+        top5 = scores.topk(5, dim=1).indices
+        out["knn_top5"] = 100.0 * (top5 == test_labels[:, None]).any(1).float().mean().item()
+    return out
