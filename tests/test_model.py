@@ -53,9 +53,9 @@ def test_sdpa_matches_explicit_attention():
     m = make(causal=True)
     blk = m.blocks[0]
     x = torch.randn(2, 17, 32)
-    rope = m.rope((4, 4), x.device)
-    fast = blk.attn(x, rope, 1, True)
-    probs = blk.attn.attention_probs(x, rope, 1, True)
+    rope = m.rope((4, 4), x.device, num_prefix=1)
+    fast = blk.attn(x, rope, True)
+    probs = blk.attn.attention_probs(x, rope, True)
     q, k, v = blk.attn.qkv(x).view(2, 17, 3, 2, 16).permute(2, 0, 3, 1, 4).unbind(0)
     slow = blk.attn.proj((probs @ v).transpose(1, 2).reshape(2, 17, 32))
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
@@ -83,16 +83,19 @@ def test_wrong_channels_is_an_error():
 
 def test_rope_matches_formula():
     r = Rope2D(head_dim=16, theta=100.0)
-    cos, sin = r((2, 3), torch.device("cpu"))
-    assert cos.shape == (6, 16)
+    cos, sin = r((2, 3), torch.device("cpu"), num_prefix=1)
+    assert cos.shape == (7, 16)
     inv = 1 / 100.0 ** (torch.arange(4) / 4)
     y = 2 * (0.5 / 2) - 1  # first row centre
     x = 2 * (1.5 / 3) - 1  # second column centre
     expect = torch.cat([2 * math.pi * y * inv, 2 * math.pi * x * inv]).repeat(2)
-    torch.testing.assert_close(cos[1], expect.cos())
-    # rotation keeps the norm and leaves the prefix token alone
+    torch.testing.assert_close(cos[2], expect.cos())
+    # rotation keeps the norm and leaves the prefix token alone; it equals q*cos + rotate_half(q)*sin
     q = torch.randn(1, 1, 7, 16)
-    out = apply_rope(q, cos, sin, num_prefix=1)
+    out = apply_rope(q, cos, sin)
+    rot = torch.cat((-q[..., 8:], q[..., :8]), -1)
+    s = torch.cat([2 * math.pi * y * inv, 2 * math.pi * x * inv]).repeat(2).sin()
+    torch.testing.assert_close(out[0, 0, 2], q[0, 0, 2] * expect.cos() + rot[0, 0, 2] * s)
     torch.testing.assert_close(out[:, :, 0], q[:, :, 0])
     torch.testing.assert_close(out.norm(dim=-1), q.norm(dim=-1))
 

@@ -156,7 +156,9 @@ class Rope2D(nn.Module):
         inv_freq = 1.0 / theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, grid: tuple[int, int], device: torch.device, num_prefix: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin_signed), each (num_prefix + N, head_dim), float32; prefix rows are the identity rotation."""
         h, w = grid
         cy = 2 * (torch.arange(0.5, h, device=device, dtype=torch.float32) / h) - 1
         cx = 2 * (torch.arange(0.5, w, device=device, dtype=torch.float32) / w) - 1
@@ -166,16 +168,18 @@ class Rope2D(nn.Module):
             coords = coords * torch.empty((), device=device).uniform_(lo, hi).exp()
         angles = 2 * math.pi * coords[:, :, None] * self.inv_freq.to(device)  # (N, 2, hd/4)
         angles = angles.flatten(1).repeat(1, 2)  # (N, hd): [y.., x.., y.., x..]
-        return angles.cos(), angles.sin()
+        angles = F.pad(angles, (0, 0, num_prefix, 0))  # angle 0 for the prefix tokens: no rotation
+        half = self.head_dim // 2
+        sin = angles.sin()
+        # rotate_half(x) * sin == roll(x, half) * [-sin[:half], sin[half:]]: one roll instead of slices + cat
+        sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        return angles.cos(), sin
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """Rotate the patch tokens of x (B, heads, T, hd); the first `num_prefix` tokens stay unrotated."""
-    prefix, t = x[:, :, :num_prefix], x[:, :, num_prefix:]
-    half = t.shape[-1] // 2
-    rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
-    t = (t.float() * cos + rotated.float() * sin).to(x.dtype)
-    return torch.cat((prefix, t), dim=2)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, T, hd) by the (T, hd) tables of Rope2D: x*cos + rotate_half(x)*sin."""
+    half = x.shape[-1] // 2
+    return x * cos.to(x.dtype) + x.roll(half, dims=-1) * sin.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -195,25 +199,23 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = nn.Identity()
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
-    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], num_prefix: int,
-                causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q = apply_rope(q, *rope, num_prefix)
-            k = apply_rope(k, *rope, num_prefix)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.proj(x.transpose(1, 2).reshape(B, T, D))
 
-    def attention_probs(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], num_prefix: int,
+    def attention_probs(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
                         causal: bool) -> torch.Tensor:
         """The (B, heads, T, T) attention matrix, for analysis only (the slow explicit path)."""
         B, T, D = x.shape
         q, k, _ = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope, num_prefix), apply_rope(k, *rope, num_prefix)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
         if causal:
             logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
@@ -260,9 +262,8 @@ class Block(nn.Module):
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], num_prefix: int,
-                causal: bool) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, num_prefix, causal)))
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool) -> torch.Tensor:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, causal)))
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x
 
@@ -344,13 +345,12 @@ class NepaViT(nn.Module):
         if self.pos_embed is not None:
             n = self.num_prefix_tokens
             x = torch.cat((x[:, :n], x[:, n:] + self._abs_pos(grid, x.dtype)), dim=1)
-        rope = self.rope(grid, x.device) if self.rope is not None else None
+        rope = self.rope(grid, x.device, self.num_prefix_tokens) if self.rope is not None else None
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, rope, self.num_prefix_tokens, causal,
-                                                      use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, rope, causal, use_reentrant=False)
             else:
-                x = blk(x, rope, self.num_prefix_tokens, causal)
+                x = blk(x, rope, causal)
             yield x
 
     def forward_tokens(self, z: torch.Tensor, grid: tuple[int, int], causal: Optional[bool] = None) -> torch.Tensor:
