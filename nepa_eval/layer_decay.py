@@ -132,8 +132,10 @@ def _get(model: nn.Module, prefix: str) -> nn.Module:
 class LayerDecayLRHook(Hook):
     """Sets every group's lr each iteration: base_lr * schedule(t) * rate(t) ** exponent (closed form).
 
-    warmup / total are in iterations; `warmup_ratio` (fraction of total) is used when warmup is None.
-    total defaults to the run's max_iters. Use with `param_scheduler = []`.
+    warmup / total are in iterations; `warmup_epochs` (converted with the train loader's length) or
+    `warmup_ratio` (fraction of total) are used when warmup is None. total defaults to the run's max_iters.
+    Use with `param_scheduler = []`. Gradient accumulation: the schedule runs in iterations (as mmengine's
+    ParamSchedulerHook does), the lr of an accumulated step is that of its last iteration.
     """
 
     priority = "HIGH"  # before the optimizer step of the same iteration
@@ -141,9 +143,11 @@ class LayerDecayLRHook(Hook):
     def __init__(self, warmup: Optional[int] = None, warmup_ratio: float = 0.0, total: Optional[int] = None,
                  schedule: str = "cosine", min_lr_ratio: float = 0.0, power: float = 1.0,
                  warmup_start_ratio: float = 0.0, rate: float = 0.65, rate_end: Optional[float] = None,
-                 ramp: str = "constant") -> None:
+                 ramp: str = "constant", warmup_epochs: Optional[float] = None) -> None:
         decay_rate_at(0.5, rate, rate_end, ramp)  # validate early
+        schedule_at(1, 2, 0, schedule)
         self.warmup, self.warmup_ratio, self.total = warmup, warmup_ratio, total
+        self.warmup_epochs = warmup_epochs
         self.schedule, self.min_lr_ratio, self.power, self.warmup_start_ratio = (
             schedule, min_lr_ratio, power, warmup_start_ratio)
         self.rate, self.rate_end, self.ramp = rate, rate_end, ramp
@@ -160,7 +164,29 @@ class LayerDecayLRHook(Hook):
             g["lr"] = g["base_lr"] * s * r ** g.get("layer_exponent", 0)
         self.current_rate = r
 
+    def before_train(self, runner) -> None:
+        if self.warmup is None and self.warmup_epochs is not None:
+            self.warmup = int(round(self.warmup_epochs * len(runner.train_dataloader)))
+
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         total = self.total or runner.max_iters
         self.apply(runner.optim_wrapper.optimizer, runner.iter, total)
         runner.message_hub.update_scalar("train/layer_decay_rate", self.current_rate)
+
+
+def sync_layer_decay(cfg: Any) -> None:
+    """Copy a config's top-level ``layer_decay = dict(rate, rate_end, ramp)`` into its LayerDecayLRHook entry
+    (and the constructor's initial ``decay_rate``), so a variant or --cfg-options changes one place only."""
+    ld = cfg.get("layer_decay")
+    if not ld:
+        return
+    ld = dict(rate=ld.get("rate", 0.65), rate_end=ld.get("rate_end"), ramp=ld.get("ramp", "constant"))
+    decay_rate_at(0.5, **ld)
+    hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") == "LayerDecayLRHook"]
+    if not hooks:
+        raise ValueError("config has `layer_decay` but no LayerDecayLRHook in custom_hooks")
+    for h in hooks:
+        h.update(ld)
+    ow = cfg.get("optim_wrapper", {})
+    if ow.get("constructor") == "LayerDecayOptimWrapperConstructor":
+        ow.setdefault("paramwise_cfg", {})["decay_rate"] = ld["rate"]

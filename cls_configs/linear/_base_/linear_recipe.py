@@ -1,0 +1,21 @@
+# Linear probe: frozen backbone (eval mode), a plain Linear on the mean-pooled final-normed patch tokens
+# (no BatchNorm, no fc_norm); SGD, no weight decay, warmup + cosine. No EMA.
+model = dict(
+    type='NepaClassifier',
+    num_classes=None,
+    ckpt=None,
+    backbone=dict(size='base', patch_size=14, img_size=224),  # attention mode: the checkpoint's
+    linear_probe=True,
+)
+layer_decay = dict(rate=1.0, rate_end=None, ramp='constant')  # only the head trains: no decay to apply
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='SGD', lr=0.4, momentum=0.9, weight_decay=0.0),  # 0.1 x 1024 / 256
+    constructor='LayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(decay_rate=1.0),
+)
+train_cfg = dict(by_epoch=True, max_epochs=90, val_interval=5)
+custom_hooks = [
+    dict(type='LayerDecayLRHook', warmup_epochs=10, schedule='cosine', min_lr_ratio=0.0, **layer_decay),
+    dict(type='ClsRecordHook', protocol='linear'),
+]

@@ -1,0 +1,236 @@
+"""Image classification on mmengine: the NEPA classifier, top-1/top-5 metric, model + EMA validation.
+
+`NepaClassifier` wraps a `NepaViT` (the release's head: final norm -> mean of patch tokens -> fc_norm ->
+zero-initialised Linear) as ``self.backbone``, so the layer-decay constructor's ``backbone.`` prefix
+applies. Training uses timm's Mixup/CutMix and losses. `ClsValLoop` evaluates the model and, when an
+`EMAHook` is present, its EMA in the same validation, reporting ``top1/top5`` and ``ema_top1/ema_top5``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import EMAHook, Hook
+from mmengine.model import BaseModel, is_model_wrapper
+from mmengine.registry import HOOKS, LOOPS, METRICS, MODELS
+from mmengine.runner import ValLoop, autocast
+
+from backbones.nepa import CheckpointError, NepaConfig, NepaViT, SIZES, from_pretrained
+from nepa_eval import datasets as _datasets
+from nepa_eval import layer_decay as _layer_decay  # noqa: F401  (registers the constructor and LR hook)
+from nepa_eval.engine import update_final
+
+# NepaConfig fields a fine-tuning config may change on top of a checkpoint's architecture: they carry no weights
+RUNTIME_FIELDS = ("causal", "drop_path_rate", "rope_rescale", "pad_to_patch", "global_pool")
+
+_datasets.register()
+
+
+def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, num_classes: Optional[int] = 0,
+                   verbose: bool = True) -> NepaViT:
+    """A NepaViT with a `num_classes` head: from a checkpoint (its architecture, config run-time fields on top)
+    or randomly initialised from `backbone` (``size`` plus any NepaConfig fields)."""
+    kw = dict(backbone or {})
+    size = kw.pop("size", None)
+    if ckpt:
+        overrides = {k: kw[k] for k in RUNTIME_FIELDS if k in kw}
+        try:
+            model = from_pretrained(ckpt, num_classes=num_classes, verbose=verbose, **overrides)
+        except CheckpointError:
+            raise
+        except (KeyError, IndexError, AttributeError, TypeError) as e:
+            raise CheckpointError(f"{ckpt}: not a NEPA backbone checkpoint (no ViT blocks / patch embedding "
+                                  f"found: {type(e).__name__} {e}). Give a NEPA pretraining or fine-tuning "
+                                  "checkpoint, or a release model directory.") from e
+        return model.train()
+    if size is not None:
+        if size not in SIZES:
+            raise ValueError(f"backbone size {size!r} unknown; choose from {sorted(SIZES)}")
+        kw = {**SIZES[size], **kw}
+    return NepaViT(NepaConfig.from_dict({}, **kw, num_classes=num_classes))
+
+
+@MODELS.register_module()
+class NepaClassifier(BaseModel):
+    """NEPA ViT + the release's head, trained with timm's Mixup/CutMix, label smoothing and soft-target CE.
+
+    backbone: ``size`` (tiny/small/base/large) and NepaConfig fields (``causal``, ``drop_path_rate``, ...);
+    with `ckpt` the architecture comes from the checkpoint and only run-time fields apply.
+    freeze_patch_embed: freeze the patch projection (the release does). linear_probe: freeze the whole
+    backbone and train a plain Linear on the pooled features (no fc_norm, no BatchNorm).
+    """
+
+    def __init__(self, num_classes: int, backbone: Optional[dict] = None, ckpt: Optional[str] = None,
+                 freeze_patch_embed: bool = False, linear_probe: bool = False, mixup: Optional[dict] = None,
+                 label_smoothing: float = 0.0, data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.backbone = build_backbone(backbone, ckpt, num_classes)
+        self.linear_probe = linear_probe
+        if linear_probe:
+            self.backbone.requires_grad_(False)
+            self.backbone.fc_norm = nn.Identity()
+            self.backbone.head = nn.Linear(self.backbone.embed_dim, num_classes)
+            nn.init.trunc_normal_(self.backbone.head.weight, std=0.01)
+            nn.init.zeros_(self.backbone.head.bias)
+        elif freeze_patch_embed:
+            self.backbone.patch_embed.requires_grad_(False)
+        self.mixup = None
+        if mixup and (mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0
+                      or mixup.get("cutmix_minmax") is not None):
+            from timm.data import Mixup
+
+            self.mixup = Mixup(**{"label_smoothing": label_smoothing, **mixup}, num_classes=num_classes)
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        if self.mixup is not None:
+            self.criterion = SoftTargetCrossEntropy()
+        elif label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+    def init_weights(self) -> None:
+        """Weights come from the checkpoint or NepaViT's own init; nothing for mmengine to re-initialise."""
+
+    def train(self, mode: bool = True) -> "NepaClassifier":
+        super().train(mode)
+        if self.linear_probe:  # a frozen backbone stays in eval mode (no drop path, no RoPE jitter)
+            self.backbone.eval()
+            self.backbone.head.train(mode)
+        return self
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, C)."""
+        if self.linear_probe:
+            with torch.no_grad():
+                feats = self.backbone.forward_head(self.backbone.forward_features(inputs), pre_logits=True)
+            return self.backbone.head(feats)
+        return self.backbone(inputs)
+
+    def forward(self, inputs: torch.Tensor, labels: Optional[torch.Tensor] = None, mode: str = "tensor"):
+        if mode == "tensor":
+            return self.logits(inputs)
+        if mode == "loss":
+            if self.mixup is not None:
+                if inputs.shape[0] % 2:
+                    raise ValueError(f"Mixup/CutMix needs an even batch, got {inputs.shape[0]} images; use an even "
+                                     "batch_size and train_dataloader.drop_last=True, or switch mixup off")
+                inputs, labels = self.mixup(inputs, labels)
+            return dict(loss=self.criterion(self.logits(inputs), labels))
+        if mode == "predict":
+            logits = self.logits(inputs).float()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
+            lab = labels.cpu() if labels is not None else [None] * len(top)
+            return [dict(topk=t, label=None if y is None else int(y)) for t, y in zip(top, lab)]
+        raise ValueError(f"unknown mode {mode!r}: tensor, loss or predict")
+
+
+@METRICS.register_module()
+class TopKAccuracy(BaseMetric):
+    """Top-1 and top-5 accuracy in percent (per-sample results, so distributed padding is dropped exactly)."""
+
+    default_prefix: Optional[str] = None
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        for s in data_samples:
+            t, y = s["topk"], s["label"]
+            self.results.append((float(t[0] == y), float((t == y).any())))
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        n = max(1, len(results))
+        return dict(top1=100.0 * sum(r[0] for r in results) / n, top5=100.0 * sum(r[1] for r in results) / n)
+
+
+def find_ema_hook(runner) -> Optional[EMAHook]:
+    """The runner's EMAHook, if any."""
+    return next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
+
+
+@LOOPS.register_module()
+class ClsValLoop(ValLoop):
+    """Validation of the model and its EMA in one pass over the hooks: metrics ``top1`` ... and ``ema_top1`` ...
+
+    EMAHook swaps the EMA weights into the model in ``before_val_epoch``; while swapped, the EMA wrapper's
+    module holds the raw weights, so both are evaluated without copying anything.
+    """
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        for idx, batch in enumerate(self.dataloader):
+            self.runner.call_hook("before_val_iter", batch_idx=idx, data_batch=batch)
+            with torch.no_grad(), autocast(enabled=self.fp16):
+                outputs = model.val_step(batch)
+            self.evaluator.process(data_samples=outputs, data_batch=batch)
+            self.runner.call_hook("after_val_iter", batch_idx=idx, data_batch=batch, outputs=outputs)
+        return self.evaluator.evaluate(len(self.dataloader.dataset))
+
+    def run(self) -> dict:
+        self.runner.call_hook("before_val")
+        self.runner.call_hook("before_val_epoch")
+        ema = find_ema_hook(self.runner)
+        if ema is not None and hasattr(ema, "ema_model"):
+            metrics = self._evaluate(ema.ema_model.module)  # raw weights while swapped
+            metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.runner.model).items()})
+        else:
+            metrics = self._evaluate(self.runner.model)
+        self.runner.model.eval()
+        self.runner.call_hook("after_val_epoch", metrics=metrics)
+        self.runner.call_hook("after_val")
+        return metrics
+
+
+@HOOKS.register_module()
+class ClsRecordHook(Hook):
+    """final_metrics.json for classification: top1/top5, ema_top1/ema_top5, best_ema_top1 (percent), protocol;
+    and the NEPA config in every checkpoint's meta, so the weight door rebuilds the exact model from it."""
+
+    priority = "LOW"
+
+    def __init__(self, protocol: str = "finetune") -> None:
+        self.protocol = protocol
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+
+    def before_run(self, runner) -> None:
+        update_final(runner.work_dir, task="cls", protocol=self.protocol)
+
+    def _model(self, runner) -> nn.Module:
+        return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        bb = getattr(self._model(runner), "backbone", None)
+        if isinstance(bb, NepaViT):
+            cfg = bb.cfg.to_dict()
+            cfg.update(num_classes=bb.num_classes, causal=bb.causal, global_pool=bb.global_pool)
+            checkpoint.setdefault("meta", {})["nepa_config"] = cfg
+            if getattr(self._model(runner), "linear_probe", False):
+                checkpoint["meta"]["nepa_linear_probe"] = True
+        checkpoint.setdefault("meta", {})["cls_best_ema_top1"] = self.best
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self.best = checkpoint.get("meta", {}).get("cls_best_ema_top1", self.best)
+
+    def _record(self, runner, metrics: Optional[dict], step: int) -> None:
+        if not metrics or "top1" not in metrics:
+            return
+        key = "ema_top1" if "ema_top1" in metrics else "top1"
+        if self.best is None or metrics[key] > self.best:
+            self.best, self.best_step = metrics[key], step
+        vals = {k: metrics[k] for k in ("top1", "top5", "ema_top1", "ema_top5") if k in metrics}
+        update_final(runner.work_dir, **vals, best_ema_top1=self.best, best_metric=key, best_step=self.best_step)
+
+    def after_val_epoch(self, runner, metrics: Optional[dict] = None) -> None:
+        self._record(runner, metrics, runner.iter)
+
+    def after_test_epoch(self, runner, metrics: Optional[dict] = None) -> None:
+        if metrics:
+            update_final(runner.work_dir, **{k: metrics[k] for k in ("top1", "top5") if k in metrics})
+
+
+__all__ = ["NepaClassifier", "TopKAccuracy", "ClsValLoop", "ClsRecordHook", "build_backbone", "find_ema_hook"]
