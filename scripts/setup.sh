@@ -64,7 +64,9 @@ else
     fi
     "${PIP[@]}" "$WHEEL"
 fi
-"${PIP[@]}" "setuptools>=77"
+# torch wants setuptools >= 77; mmengine resolves `mmseg::` config inheritance through pkg_resources, which
+# setuptools 81+ no longer ships.
+"${PIP[@]}" "setuptools>=77,<81"
 
 # ---- the project and its Python dependencies ---------------------------------
 log "installing nepa-eval (editable) and its dependencies"
