@@ -1,0 +1,33 @@
+# Runtime shared by every pretraining recipe: iteration-based loop, crash-safe checkpoints, health and
+# non-finite checks, JSON + TensorBoard scalars, progress with ETA in the log.
+custom_imports = dict(imports=['nepa_eval.tasks.pretrain'], allow_failed_imports=False)
+
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)
+val_cfg = None
+val_dataloader = None
+val_evaluator = None
+
+log_interval = 10
+default_hooks = dict(
+    runtime_info=dict(type='RuntimeInfoHook'),
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=log_interval, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='NepaCheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=2),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+# NepaHealthHook: loss/cos come from the model; out_std and eff_rank every `interval` steps; collapse -> status
+# 'collapsed' in final_metrics.json and (stop_on_collapse) the run stops.
+health = dict(type='NepaHealthHook', interval=log_interval, collapse_std=0.05, patience=3, min_steps=0,
+              stop_on_collapse=True)
+custom_hooks = []
+
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='nccl'))
+vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
+log_processor = dict(by_epoch=False, window_size=log_interval)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0)

@@ -1,0 +1,453 @@
+"""NEPA pretraining on mmengine's Runner: the model, its parameter groups and the hooks that keep a run honest.
+
+- `NepaPretrainModel`: an mmengine BaseModel around `backbones.nepa.NepaObjective` (every switch of the
+  paper's ablations: shift, causal, stop_grad, mask_ratio, and the backbone's architecture fields).
+- `NepaPretrainOptimWrapperConstructor`: no weight decay on biases, norms, LayerScale, cls/mask tokens.
+- `NepaHealthHook`: loss, cosine, output std, effective rank; the collapse detector; non-finite grad norms.
+- `KnnMonitorHook`: DINO-style k-NN accuracy of the frozen backbone during and after training.
+- `NepaCheckpointHook`: mmengine checkpoints written atomically (a half-written file never replaces the
+  last good one), with the backbone's NepaConfig and the RNG states stored for exact resume.
+- `@bench("pretrain")`: images/s and peak memory of one pretraining step.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.dist import all_reduce, get_world_size, is_distributed, is_main_process
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.logging import MessageHub, print_log
+from mmengine.model import BaseModel
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
+
+from backbones.nepa import NepaConfig, NepaObjective, NepaViT, save_checkpoint
+from nepa_eval.bench import bench
+from nepa_eval.engine import append_scalars, update_final
+
+NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN/inf; the message has the step, learning rate and grad norm."""
+
+
+def _hub_state() -> str:
+    """'step N, lr X, last grad norm Y' from mmengine's message hub (what the runner last logged)."""
+    hub = MessageHub.get_current_instance()
+    step = hub.get_info("iter")
+    parts = [f"step {step + 1 if step is not None else '?'}"]
+    for key, name in (("train/lr", "lr"), ("train/grad_norm", "last grad norm")):
+        buf = hub.log_scalars.get(key)
+        parts.append(f"{name} {buf.current():.4g}" if buf is not None else f"{name} n/a")
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+# ----------------------------------------------------------------------------------------------
+@MODELS.register_module()
+class NepaPretrainModel(BaseModel):
+    """Backbone + NEPA loss as an mmengine model; the defaults are exactly the release's objective.
+
+    State-dict keys are ``model.backbone.*`` (+ ``model.mask_token``), which the weight door strips.
+    """
+
+    def __init__(self, backbone: Optional[dict] = None, shift: bool = True, causal: bool = True,
+                 stop_grad: bool = True, mask_ratio: float = 0.0, data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        bcfg = NepaConfig.from_dict(dict(backbone or {}), causal=causal, num_classes=0)
+        self.model = NepaObjective(NepaViT(bcfg), shift=shift, causal=causal, stop_grad=stop_grad,
+                                   mask_ratio=mask_ratio)
+        self.last_outputs: Optional[dict[str, torch.Tensor]] = None
+
+    @property
+    def backbone(self) -> NepaViT:
+        return self.model.backbone
+
+    def nepa_config(self) -> dict[str, Any]:
+        """The backbone's NepaConfig as stored beside every checkpoint."""
+        return self.backbone.cfg.to_dict()
+
+    def forward(self, inputs: torch.Tensor, labels: Optional[torch.Tensor] = None, data_samples: Any = None,
+                mode: str = "loss") -> Any:
+        out = self.model(inputs)
+        if mode == "loss":
+            self.last_outputs = {"h": out["h"].detach(), "z": out["z"].detach()}
+            return {"loss": out["loss"], "cos": -out["loss"].detach()}
+        if mode in ("tensor", "predict"):
+            return out["h"]
+        raise ValueError(f"unknown mode {mode!r}")
+
+    def parse_losses(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """mmengine's parse_losses, plus: logged values averaged over ranks, and a NaN/inf loss stops the run
+        before the backward pass (so the weights and the last checkpoint stay good)."""
+        loss, log_vars = super().parse_losses(losses)
+        bad = torch.tensor(float(not torch.isfinite(loss.detach()).item()), device=loss.device)
+        if is_distributed():
+            names = list(log_vars)
+            packed = torch.stack([log_vars[k].detach().float() for k in names] + [bad])
+            all_reduce(packed, op="sum")
+            bad = packed[-1]
+            log_vars = type(log_vars)((k, packed[i] / get_world_size()) for i, k in enumerate(names))
+        if bad.item() > 0:
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at {_hub_state()}; the run was stopped "
+                                     "before this step's update, so the last checkpoint holds good weights")
+        return loss, log_vars
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter groups, learning rate and schedule
+# ----------------------------------------------------------------------------------------------
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases, norm weights and LayerScale gammas (all 1-D) and the cls/mask tokens get no weight decay."""
+    return param.ndim < 2 or name.split(".")[-1] in NO_DECAY_NAMES
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class NepaPretrainOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """Two parameter groups: weight decay on matrices, none on biases/norms/LayerScale/tokens (the release)."""
+
+    def __call__(self, model: torch.nn.Module):
+        model = getattr(model, "module", model)
+        opt_cfg = dict(self.optimizer_cfg)
+        wd = opt_cfg.get("weight_decay", 0.0)
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if no_weight_decay(name, p) else decay).append(p)
+        opt_cfg["params"] = [dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)]
+        optimizer = OPTIMIZERS.build(opt_cfg)
+        return OPTIM_WRAPPERS.build(self.optim_wrapper_cfg, default_args=dict(optimizer=optimizer))
+
+
+def effective_batch(cfg: Any, world_size: Optional[int] = None) -> int:
+    """Images per optimizer update: per-process batch x processes x gradient-accumulation steps."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    accum = cfg.optim_wrapper.get("accumulative_counts", 1)
+    return int(cfg.train_dataloader.batch_size) * world * int(accum)
+
+
+def apply_recipe(cfg: Any, world_size: Optional[int] = None) -> dict[str, Any]:
+    """Resolve the recipe's derived values after --cfg-options: lr = base_lr x batch / 256 and the
+    warm-up + cosine schedule as fractions of max_iters. Returns what was resolved (for the run record)."""
+    info: dict[str, Any] = {"effective_batch": effective_batch(cfg, world_size)}
+    if cfg.get("base_lr") is not None:
+        lr = float(cfg.base_lr) * info["effective_batch"] / float(cfg.get("base_batch_size", 256))
+        cfg.optim_wrapper.optimizer.lr = lr
+    info["lr"] = cfg.optim_wrapper.optimizer.lr
+    sched = cfg.get("lr_schedule")
+    if sched is not None:
+        total = int(cfg.train_cfg.max_iters)
+        warmup = int(round(sched.get("warmup_ratio", 0.025) * total))
+        warmup = warmup if warmup >= 2 else 0  # mmengine's LinearLR needs two steps to ramp
+        min_lr = sched.get("min_lr_ratio", 0.0) * info["lr"]
+        ps = []
+        if warmup:
+            ps.append(dict(type="LinearLR", start_factor=sched.get("warmup_start_factor", 1e-3), by_epoch=False,
+                           begin=0, end=warmup))
+        ps.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min=min_lr, by_epoch=False,
+                       begin=warmup, end=total))
+        cfg.param_scheduler = ps
+        info["warmup_iters"] = warmup
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# health: cosine, output std, effective rank, collapse, non-finite gradients
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def health_metrics(h: torch.Tensor, num_prefix: int = 1) -> dict[str, float]:
+    """out_std: per-dimension std across the batch of the L2-normalised outputs, averaged over positions and
+    dimensions, times sqrt(D) (about 1 for well-spread outputs, 0 when collapsed); eff_rank: the effective rank
+    (exp of the entropy of the normalised singular values) of the mean-pooled outputs of the batch."""
+    h = F.normalize(h.float(), dim=-1)
+    D = h.shape[-1]
+    out_std = h.std(dim=0, unbiased=False).mean().item() * math.sqrt(D) if h.shape[0] > 1 else float("nan")
+    pooled = h[:, num_prefix:].mean(1) if h.shape[1] > num_prefix else h.mean(1)
+    pooled = pooled - pooled.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(pooled)
+    if s.sum() <= 1e-12:
+        eff_rank = 1.0
+    else:
+        p = s / s.sum()
+        eff_rank = math.exp(-(p * torch.log(p.clamp_min(1e-12))).sum().item())
+    return {"out_std": out_std, "eff_rank": eff_rank}
+
+
+@HOOKS.register_module()
+class NepaHealthHook(Hook):
+    """Logs out_std and eff_rank every `interval` steps; marks the run collapsed when out_std stays below
+    `collapse_std` (or eff_rank below `collapse_rank`) for `patience` checks after `min_steps`, and stops it
+    when `stop_on_collapse`. A non-finite gradient norm stops the run before its checkpoint is written."""
+
+    priority = "NORMAL"  # after the runtime info, before the logger and the checkpoint hook
+
+    def __init__(self, interval: int = 10, collapse_std: float = 0.05, collapse_rank: Optional[float] = None,
+                 patience: int = 3, min_steps: int = 0, stop_on_collapse: bool = True) -> None:
+        self.interval, self.collapse_std, self.collapse_rank = interval, collapse_std, collapse_rank
+        self.patience, self.min_steps, self.stop_on_collapse = patience, min_steps, stop_on_collapse
+        self._bad = 0
+        self.collapsed = False
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        gn = runner.message_hub.log_scalars.get("train/grad_norm")
+        if gn is not None and not math.isfinite(gn.current()):
+            raise NonFiniteLossError(f"non-finite gradient norm ({gn.current()}) at {_hub_state()}; no checkpoint "
+                                     "was written for this step")
+        if not (self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner)):
+            return
+        model = getattr(runner.model, "module", runner.model)
+        if model.last_outputs is None:
+            return
+        m = health_metrics(model.last_outputs["h"], model.backbone.num_prefix_tokens)
+        if is_distributed():
+            t = torch.tensor([m["out_std"], m["eff_rank"]], dtype=torch.float64)
+            all_reduce(t, op="mean")
+            m = {"out_std": t[0].item(), "eff_rank": t[1].item()}
+        for k, v in m.items():
+            runner.message_hub.update_scalar(f"train/{k}", v)
+        step = runner.iter + 1
+        low = m["out_std"] < self.collapse_std or (self.collapse_rank is not None and m["eff_rank"] < self.collapse_rank)
+        self._bad = self._bad + 1 if (low and step >= self.min_steps) else 0
+        if self._bad >= self.patience and not self.collapsed:
+            self.collapsed = True
+            reason = (f"representation collapse at step {step}: output std {m['out_std']:.4g} (threshold "
+                      f"{self.collapse_std}), effective rank {m['eff_rank']:.3g}, for {self.patience} checks")
+            print_log(f"[nepa] {reason}" + ("; stopping" if self.stop_on_collapse else ""), logger="current")
+            update_final(runner.work_dir, status="collapsed", reason=reason, collapse_step=step)
+            if self.stop_on_collapse:
+                runner.train_loop.stop_training = True
+
+
+# ----------------------------------------------------------------------------------------------
+# k-NN monitor
+# ----------------------------------------------------------------------------------------------
+def knn_eval(backbone: NepaViT, train_data: dict, test_data: dict, k: int = 20, temperature: float = 0.07,
+             batch_size: int = 256, num_workers: int = 0, pool: str = "avg",
+             device: Optional[torch.device] = None) -> dict[str, float]:
+    """k-NN top-1/top-5 (percent) of a frozen backbone: features of `train_data` vote for `test_data`."""
+    from torch.utils.data import DataLoader
+
+    from nepa_eval.datasets import ImageDataset, collate
+    from nepa_eval.knn import extract_features, knn_accuracy
+
+    def loader(spec: dict) -> DataLoader:
+        spec = dict(spec)
+        spec.setdefault("transform", dict(kind="resize", img_size=backbone.cfg.img_size))
+        return DataLoader(ImageDataset(**spec), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          collate_fn=collate)
+
+    train_loader, test_loader = loader(train_data), loader(test_data)
+    ftr, ltr = extract_features(backbone, train_loader, device=device, pool=pool)
+    fte, lte = extract_features(backbone, test_loader, device=device, pool=pool)
+    num_classes = max(len(train_loader.dataset.classes), int(ltr.max()) + 1, int(lte.max()) + 1)
+    return knn_accuracy(ftr, ltr, fte, lte, num_classes, k=k, temperature=temperature)
+
+
+def _ema_backbone(runner) -> Optional[NepaViT]:
+    for hook in runner.hooks:
+        ema = getattr(hook, "ema_model", None)
+        if ema is not None:
+            return ema.module.backbone
+    return None
+
+
+@HOOKS.register_module()
+class KnnMonitorHook(Hook):
+    """k-NN accuracy (DINO style: cosine, k=20, T=0.07) of the frozen backbone every `interval` steps
+    (0: only at the end) and after training; the final numbers go into final_metrics.json as knn_top1
+    (the raw weights, what `from_pretrained(ckpt)` returns) and knn_top1_ema when EMA is on."""
+
+    priority = "LOW"
+
+    def __init__(self, train_data: dict, test_data: dict, interval: int = 0, k: int = 20,
+                 temperature: float = 0.07, batch_size: int = 256, pool: str = "avg") -> None:
+        self.train_data, self.test_data, self.interval = train_data, test_data, interval
+        self.k, self.temperature, self.batch_size, self.pool = k, temperature, batch_size, pool
+
+    def _eval(self, runner, backbone: NepaViT) -> dict[str, float]:
+        t = time.time()
+        res = knn_eval(backbone, self.train_data, self.test_data, self.k, self.temperature, self.batch_size,
+                       pool=self.pool)
+        print_log(f"[nepa] k-NN (k={self.k}, T={self.temperature}): top-1 {res['knn_top1']:.2f}% "
+                  f"({time.time() - t:.1f}s)", logger="current")
+        return res
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not self.interval or not self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner):
+            return
+        if is_main_process():
+            res = self._eval(runner, getattr(runner.model, "module", runner.model).backbone)
+            append_scalars(runner.work_dir, {"step": runner.iter + 1, **res})
+            runner.visualizer.add_scalars({f"knn/{k}": v for k, v in res.items()}, step=runner.iter + 1)
+
+    def after_train(self, runner) -> None:
+        if not is_main_process():
+            return
+        res = self._eval(runner, getattr(runner.model, "module", runner.model).backbone)
+        final = dict(res)
+        ema = _ema_backbone(runner)
+        if ema is not None:
+            final.update({f"{k}_ema": v for k, v in self._eval(runner, ema).items()})
+        append_scalars(runner.work_dir, {"step": runner.iter, **final})
+        runner.visualizer.add_scalars({f"knn/{k}": v for k, v in final.items()}, step=runner.iter)
+        update_final(runner.work_dir, knn_k=self.k, knn_temperature=self.temperature, **final)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints: atomic, self-describing, exact resume
+# ----------------------------------------------------------------------------------------------
+def _rng_state() -> dict[str, Any]:
+    """The process's RNG states in weights_only-loadable form (tensors, ints, strings)."""
+    np_state = np.random.get_state()
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(),
+          "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[float(x) for x in np_state[2:]]]}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = st["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+@HOOKS.register_module()
+class NepaCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook, made crash-safe: the file is written under a temporary name and renamed,
+    `last_checkpoint` is replaced atomically, and old checkpoints are deleted only after the new one exists.
+    Each checkpoint carries meta.nepa_config (so the weight door never guesses the architecture) and the
+    RNG states (so a resumed run continues the same random stream). At the end of training the backbone is
+    also written as work_dir/backbone.safetensors (and backbone_ema.safetensors with EMA)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("by_epoch", False)
+        super().__init__(*args, **kwargs)
+        self._resume_rng: Optional[dict[str, Any]] = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = getattr(runner.model, "module", runner.model)
+        checkpoint.setdefault("meta", {})["nepa_config"] = model.nepa_config()
+        checkpoint["meta"]["rng"] = _rng_state()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._resume_rng = checkpoint.get("meta", {}).get("rng")
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self._resume_rng is not None:  # first step after a resume: continue the saved random stream
+            _set_rng_state(self._resume_rng)
+            self._resume_rng = None
+
+    def _save_checkpoint_with_step(self, runner, step: int, meta: dict) -> None:
+        name = self.filename_tmpl.format(step)
+        final = os.path.join(self.out_dir, name)
+        tmp = name + ".tmp"
+        runner.save_checkpoint(self.out_dir, tmp, self.file_client_args, save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                               backend_args=self.backend_args, **self.args)
+        self.last_ckpt = final
+        runner.message_hub.update_info("last_ckpt", final)
+        if self.max_keep_ckpts > 0 and (not self.keep_ckpt_ids or self.keep_ckpt_ids[-1] != step):
+            self.keep_ckpt_ids.append(step)
+        old: list[int] = []
+        while self.max_keep_ckpts > 0 and len(self.keep_ckpt_ids) > self.max_keep_ckpts:
+            old.append(self.keep_ckpt_ids.popleft())
+        runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+        if not is_main_process():
+            return
+        with open(os.path.join(self.out_dir, tmp), "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(os.path.join(self.out_dir, tmp), final)
+        last = os.path.join(runner.work_dir, "last_checkpoint")
+        with open(last + ".tmp", "w") as f:
+            f.write(final)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(last + ".tmp", last)
+        for s in old:
+            p = os.path.join(self.out_dir, self.filename_tmpl.format(s))
+            if os.path.isfile(p) and p != final:
+                os.remove(p)
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if not isinstance(self.keep_ckpt_ids, deque):
+            self.keep_ckpt_ids = deque(self.keep_ckpt_ids)
+
+    def after_train(self, runner) -> None:
+        if not is_main_process():
+            return
+        model = getattr(runner.model, "module", runner.model)
+        wd = Path(runner.work_dir)
+        save_checkpoint(model.backbone, wd / "backbone.safetensors")
+        files = {"backbone": "backbone.safetensors"}
+        ema = _ema_backbone(runner)
+        if ema is not None:
+            save_checkpoint(ema, wd / "backbone_ema.safetensors")
+            files["backbone_ema"] = "backbone_ema.safetensors"
+        update_final(wd, nepa_config=model.nepa_config(), **files)
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmark
+# ----------------------------------------------------------------------------------------------
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@bench("pretrain")
+def bench_pretrain(args: Any) -> None:
+    """Images/s and peak memory of one NEPA pretraining step (forward, loss, backward, AdamW) per model size."""
+    from nepa_eval.bench import device_of, peak_memory, time_fn
+
+    dev = device_of(args.device)
+    res, bs = args.img_size, args.batch_size
+    sizes = getattr(args, "sizes", None) or ["tiny", "small", "base"]
+    from backbones.nepa.model import SIZES
+
+    dtypes = {"float32": None} if (dev.type == "cpu" and args.fp32_only) else {"float32": None, "bf16": torch.bfloat16}
+    print(f"# pretraining step (NEPA loss, AdamW, grad clip): {res}x{res} patch 14, batch {bs}, {dev.type}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| size | dtype | params (M) | img/s | ms/step | peak mem (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for size in sizes:
+        for dname, dt in dtypes.items():
+            torch.manual_seed(0)
+            depth = min(SIZES[size]["depth"], args.depth)
+            model = NepaPretrainModel(backbone={**SIZES[size], "img_size": res, "patch_size": 14,
+                                                "depth": depth}).to(dev).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+            x = torch.randn(bs, 3, res, res, device=dev)
+
+            def step() -> None:
+                with torch.autocast(dev.type, dtype=dt, enabled=dt is not None):
+                    loss = model(x)["loss"]
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            sec = time_fn(step, dev, args.warmup, args.iters)
+            mem = peak_memory(step, dev)
+            mem_s = f"{mem:.0f}" if mem is not None else f"{_peak_rss_mib():.0f} (process RSS)"
+            n = sum(p.numel() for p in model.parameters()) / 1e6
+            print(f"| {size} (depth {depth}) | {dname} | {n:.1f} | {bs / sec:.1f} | "
+                  f"{1000 * sec:.0f} | {mem_s} |")
+            del model, opt

@@ -1,0 +1,202 @@
+"""nepa-eval pretrain: the model and its switches, parameter groups, recipe resolution, health metrics, the
+collapse detector, and one tiny in-process run whose checkpoints load through the weight door."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FASHION, tiny_kwargs
+
+pytest.importorskip("mmengine")
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.logging import MessageHub  # noqa: E402
+
+from nepa_eval.tasks.pretrain import (NepaHealthHook, NepaPretrainModel,  # noqa: E402
+                                      NepaPretrainOptimWrapperConstructor, apply_recipe, health_metrics)
+
+TINY_CFG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
+
+
+def tiny_model(**kw) -> NepaPretrainModel:
+    torch.manual_seed(0)
+    return NepaPretrainModel(backbone=tiny_kwargs(), **kw)
+
+
+def test_default_loss_is_the_release_loss():
+    m = tiny_model().train()
+    x = torch.randn(3, 3, 28, 28)
+    loss = m(x)["loss"]
+    bb = m.backbone
+    z, grid = bb.embed(x)
+    h = bb.forward_tokens(z, grid, causal=True)
+    ref = -F.cosine_similarity(h[:, :-1], z.detach()[:, 1:], dim=-1).mean()
+    assert torch.allclose(loss, ref, atol=1e-6)
+    # stop-gradient: the target path carries no gradient, so the loss gradient equals the one through h only
+    loss.backward()
+    g_sg = bb.patch_embed.proj.weight.grad.clone()
+    m2 = tiny_model(stop_grad=False).train()
+    m2(x)["loss"].backward()
+    assert not torch.allclose(g_sg, m2.backbone.patch_embed.proj.weight.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("switch", ["shift", "causal"])
+def test_switches_change_the_objective(switch):
+    x = torch.randn(2, 3, 28, 28)
+    m = tiny_model(**{switch: False}).eval()
+    bb = m.backbone
+    z, grid = bb.embed(x)
+    if switch == "shift":  # predict the same position
+        h = bb.forward_tokens(z, grid, causal=True)
+        ref = -F.cosine_similarity(h, z, dim=-1).mean()
+    else:  # bidirectional attention, still shifted
+        assert bb.causal is False
+        h = bb.forward_tokens(z, grid, causal=False)
+        ref = -F.cosine_similarity(h[:, :-1], z[:, 1:], dim=-1).mean()
+    assert torch.allclose(m(x)["loss"], ref, atol=1e-6)
+
+
+def test_masking_replaces_inputs_not_targets():
+    m = tiny_model(mask_ratio=0.5).train()
+    assert m.model.mask_token is not None and m.model.mask_token.requires_grad
+    x = torch.randn(2, 3, 28, 28)
+    out = m(x)
+    z, _ = m.backbone.embed(x)
+    assert torch.allclose(m.last_outputs["z"], z.detach())  # targets are the clean embeddings
+    masked = m.model.mask_inputs(z)
+    replaced = (masked - z).abs().sum(-1) > 0
+    assert replaced[:, 0].sum() == 0 and replaced.sum(1).tolist() == [8, 8]  # half of 16 patches, never cls
+    out["loss"].backward()
+    assert m.model.mask_token.grad is not None and m.model.mask_token.grad.abs().sum() > 0
+
+
+def test_no_weight_decay_groups():
+    m = tiny_model(mask_ratio=0.4)
+    ctor = NepaPretrainOptimWrapperConstructor(dict(type="OptimWrapper", optimizer=dict(
+        type="AdamW", lr=1e-3, weight_decay=0.05)))
+    opt = ctor(m).optimizer
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    names = dict(m.named_parameters())
+    assert len(wd_of) == len(names)
+    for n, p in names.items():
+        no_decay = (n.endswith(("bias", "gamma", "cls_token", "mask_token")) or "norm" in n)
+        assert wd_of[id(p)] == (0.0 if no_decay else 0.05), n
+    assert wd_of[id(names["model.backbone.blocks.0.attn.qkv.weight"])] == 0.05
+    assert wd_of[id(names["model.backbone.blocks.0.ls1.gamma"])] == 0.0
+
+
+def test_recipe_lr_and_schedule_follow_batch_and_iters():
+    cfg = Config.fromfile(TINY_CFG)
+    cfg.merge_from_dict({"train_dataloader.batch_size": 64, "optim_wrapper.accumulative_counts": 4,
+                         "train_cfg.max_iters": 400, "base_lr": 3e-4})
+    info = apply_recipe(cfg, world_size=2)
+    assert info["effective_batch"] == 64 * 2 * 4
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(3e-4 * 512 / 256)
+    warm, cos = cfg.param_scheduler
+    assert warm["type"] == "LinearLR" and warm["end"] == 10  # 2.5 % of 400
+    assert cos["type"] == "CosineAnnealingLR" and cos["begin"] == 10 and cos["end"] == 400
+    release = Config.fromfile("cls_configs/pretrain/nepa_b_release.py")
+    assert release.optim_wrapper.optimizer.betas == (0.9, 0.95)
+    assert apply_recipe(release, world_size=8)["effective_batch"] == 4096
+    assert release.optim_wrapper.optimizer.lr == pytest.approx(3e-4 * 16)
+    large = Config.fromfile("cls_configs/pretrain/nepa_l_release.py")
+    assert large.model.backbone.depth == 24 and apply_recipe(large, world_size=8)["effective_batch"] == 4096
+
+
+def test_health_metrics_separate_collapse_from_spread():
+    torch.manual_seed(0)
+    spread = health_metrics(torch.randn(64, 17, 32))
+    collapsed = health_metrics(torch.ones(64, 17, 32) + 1e-6 * torch.randn(64, 17, 32))
+    assert 0.8 < spread["out_std"] < 1.2 and spread["eff_rank"] > 15
+    assert collapsed["out_std"] < 0.01 and collapsed["eff_rank"] < spread["eff_rank"]
+
+
+def test_collapse_detector_marks_and_stops(tmp_path):
+    hub = MessageHub.get_instance("test_collapse_hub")
+    model = tiny_model()
+    runner = SimpleNamespace(model=model, message_hub=hub, work_dir=str(tmp_path), iter=0, max_iters=100,
+                             train_loop=SimpleNamespace(stop_training=False))
+    hook = NepaHealthHook(interval=1, collapse_std=0.05, patience=2)
+    model.last_outputs = {"h": torch.randn(8, 17, 32)}
+    hook.after_train_iter(runner, 0)
+    assert not runner.train_loop.stop_training
+    model.last_outputs = {"h": torch.ones(8, 17, 32)}
+    for it in (1, 2):
+        runner.iter = it
+        hook.after_train_iter(runner, it)
+    assert runner.train_loop.stop_training
+    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert final["status"] == "collapsed" and "collapse at step 3" in final["reason"]
+    assert hub.get_scalar("train/out_std").current() < 0.05
+
+
+def run_cli(argv: list[str]) -> int:
+    from nepa_eval.cli import main
+
+    return main(argv)
+
+
+TINY_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
+             "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=16", "train_dataloader.num_workers=0",
+             "train_dataloader.persistent_workers=False", "knn_train.limit=200", "knn_test.limit=100",
+             "default_hooks.logger.interval=2", "health.interval=2"]
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+def test_tiny_run_is_self_describing_and_loads_through_the_door(tmp_path):
+    from backbones.nepa import from_pretrained
+    from safetensors.torch import load_file
+
+    wd = tmp_path / "run"
+    rc = run_cli(["pretrain", "--config", TINY_CFG, "--work-dir", str(wd), "--cfg-options", *TINY_OPTS,
+                  "train_cfg.max_iters=8", "default_hooks.checkpoint.interval=4", "ema.momentum=0.2"])
+    assert rc == 0
+    final = json.loads((wd / "final_metrics.json").read_text())
+    assert final["task"] == "pretrain" and final["status"] == "ok" and final["steps"] == 8
+    assert -1.0 <= final["final_loss"] <= 1.0 and 0 <= final["knn_top1"] <= 100 and "knn_top1_ema" in final
+    rows = [json.loads(x) for x in (wd / "scalars.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert all({"cos", "out_std", "eff_rank", "lr", "grad_norm"} <= set(r) for r in train)
+    assert any("knn_top1" in r for r in rows)
+    cfg = Config.fromfile(str(wd / "config.py"))
+    assert cfg.model.type == "NepaPretrainModel" and cfg.model.stop_grad is True
+    assert (wd / "last_checkpoint").read_text().strip().endswith("iter_8.pth")
+    assert not list(wd.glob("*.tmp"))
+
+    raw = from_pretrained(wd / "iter_8.pth", verbose=False)
+    ema = from_pretrained(wd / "iter_8.pth", ema=True, verbose=False)
+    assert "inferred" not in str(raw.load_report) and raw.cfg.embed_dim == 32 and raw.causal
+    sd_raw, sd_ema = load_file(str(wd / "backbone.safetensors")), load_file(str(wd / "backbone_ema.safetensors"))
+    for k, v in raw.state_dict().items():
+        assert torch.equal(v, sd_raw[k]), k
+    for k, v in ema.state_dict().items():
+        assert torch.equal(v, sd_ema[k]), k
+    assert not torch.equal(sd_raw["patch_embed.proj.weight"], sd_ema["patch_embed.proj.weight"])
+    plain = from_pretrained(wd / "backbone.safetensors", verbose=False)
+    assert torch.equal(plain.patch_embed.proj.weight, raw.patch_embed.proj.weight)
+
+    # the k-NN command on the same weights and data agrees with the run's own monitor
+    out = tmp_path / "knn.json"
+    assert run_cli(["knn", "--ckpt", str(wd / "backbone.safetensors"), "--train-limit", "200",
+                    "--test-limit", "100", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["knn_top1"] == pytest.approx(final["knn_top1"])
+
+
+def test_bench_pretrain_prints_a_table(capsys):
+    from nepa_eval.bench import BENCHES
+
+    args = argparse.Namespace(device="cpu", batch_size=2, img_size=28, depth=1, warmup=0, iters=1,
+                              fp32_only=True, sizes=["tiny"])
+    BENCHES["pretrain"](args)
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny")]
+    assert len(rows) == 1
+    ips = float(rows[0].split("|")[4])
+    assert ips > 0 and math.isfinite(ips)
