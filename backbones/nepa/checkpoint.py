@@ -232,6 +232,8 @@ def _unwrap(obj: Any, ema: bool) -> RawCheckpoint:
         fmt = "nepa-eval checkpoint"
     elif "meta" in obj and "state_dict" in obj:
         fmt = "mmengine checkpoint"
+    if fmt == "mmengine checkpoint" and isinstance(obj.get("ema_state_dict"), dict):
+        return _unwrap_mmengine_ema(obj, ema, nepa_cfg)
     order = (("ema_state_dict", "model_ema", "ema", "state_dict_ema") if ema else ()) + WRAPPER_KEYS
     notes = []
     for key in order:
@@ -239,13 +241,26 @@ def _unwrap(obj: Any, ema: bool) -> RawCheckpoint:
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             if fmt == "state dict":
                 fmt = f"{{'{key}': ...}}"
-            if fmt == "mmengine checkpoint" and "ema_state_dict" in obj and key == "state_dict":
-                notes.append("mmengine EMAHook checkpoint: 'state_dict' holds the EMA weights")
             return RawCheckpoint(dict(inner), fmt, nepa_config=nepa_cfg, notes=notes)
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"unknown checkpoint format: no tensors found (top-level keys: {_brief(list(obj))})")
     return RawCheckpoint(tensors, fmt, nepa_config=nepa_cfg)
+
+
+def _unwrap_mmengine_ema(obj: dict, ema: bool, nepa_cfg: Optional[dict[str, Any]]) -> RawCheckpoint:
+    """mmengine's EMAHook swaps before saving: 'state_dict' holds the EMA weights and 'ema_state_dict' the raw
+    ones (as 'module.<name>', plus a 'steps' counter). As for every other format, ema=False gives the raw
+    weights and ema=True the EMA ones."""
+    fmt = "mmengine checkpoint (EMAHook)"
+    if ema:
+        return RawCheckpoint(dict(obj["state_dict"]), fmt, nepa_config=nepa_cfg,
+                             notes=["EMA weights (mmengine's 'state_dict' after EMAHook's swap)"])
+    raw = {k[len("module."):]: v for k, v in obj["ema_state_dict"].items() if k.startswith("module.")}
+    if not raw:
+        raise CheckpointError("mmengine EMAHook checkpoint without raw weights in 'ema_state_dict'")
+    return RawCheckpoint(raw, fmt, nepa_config=nepa_cfg,
+                         notes=["raw weights (mmengine's 'ema_state_dict' after EMAHook's swap); ema=True for the EMA"])
 
 
 # ----------------------------------------------------------------------------------------------
