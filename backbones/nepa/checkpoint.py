@@ -106,8 +106,12 @@ def register_safe_globals() -> None:
 def read_torch_file(path: str | os.PathLike) -> Any:
     """torch.load with weights_only=True and clear messages for corrupt, truncated or unsafe files."""
     path = str(path)
+    # only the globals not registered yet: leaving the context removes what it added, and would otherwise undo
+    # register_safe_globals() for every later torch.load (mmengine's resume)
+    registered = torch.serialization.get_safe_globals()
+    extra = [g for g in _safe_globals() if g not in registered]
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(extra):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
