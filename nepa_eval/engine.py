@@ -199,6 +199,9 @@ def run_training(cfg: Config, task: str) -> "Any":
     except Exception as e:
         final = read_final(cfg.work_dir)
         if final.get("status") in (None, "running"):
-            update_final(cfg.work_dir, status="failed", reason=f"{type(e).__name__}: {e}", steps=runner.iter)
+            # runner.iter would rebuild a train loop that failed to build (bad data) and raise again
+            loop = getattr(runner, "_train_loop", None)
+            steps = loop.iter if hasattr(loop, "iter") else 0
+            update_final(cfg.work_dir, status="failed", reason=f"{type(e).__name__}: {e}", steps=steps)
         raise
     return runner

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+import uuid
+from pathlib import Path
 
 DEFAULT_CONFIG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 
@@ -42,8 +45,13 @@ def build_cfg(args: argparse.Namespace):
                           interval=knn.get("interval", 0), k=knn.get("k", 20),
                           temperature=knn.get("temperature", 0.07), batch_size=knn.get("batch_size", 256)))
     cfg.custom_hooks = hooks
+    if cfg.launcher == "none" and not cfg.get("experiment_name"):
+        # unique per run, so several runs in one process never share mmengine's named logger/visualiser
+        cfg.experiment_name = f"{Path(cfg.work_dir).name}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
     if cfg.launcher != "none" and not torch.cuda.is_available():
         cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
+        # mmengine passes device_ids=[LOCAL_RANK] to DDP, which only GPU modules accept
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     if not torch.cuda.is_available() and cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
         print("[nepa] no GPU: bf16 AmpOptimWrapper replaced by float32 OptimWrapper", file=sys.stderr)
         cfg.optim_wrapper.type = "OptimWrapper"
