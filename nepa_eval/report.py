@@ -256,21 +256,22 @@ def discover_runs(dirs: Iterable[str | os.PathLike]) -> list[Run]:
 
 
 def _find_parent(run: Run, runs: list[Run]) -> Optional[Run]:
-    """The run whose directory holds a checkpoint path named in this run's config (moved trees too)."""
+    """The run whose directory holds a checkpoint path named in this run's config: a path that resolves inside
+    it (relative paths from the current folder), else one that ends in its last two folder names (moved trees)."""
     paths = [v for k, v in run.config.items() if isinstance(v, str) and ("/" in v or os.sep in v)
              and k != "work_dir" and not k.endswith(".work_dir")]
-    best: Optional[Run] = None
+    best, best_key = None, (0, 0)
     for other in runs:
         if other is run:
             continue
         root = other.path.resolve()
         tail = "/".join(root.parts[-2:]) + "/"
         for v in paths:
-            p = Path(v)
-            inside = p.is_absolute() and (p.resolve() == root or root in p.resolve().parents)
-            if inside or (tail in v.replace(os.sep, "/") + "/"):
-                if best is None or len(str(other.path)) > len(str(best.path)):
-                    best = other
+            p = Path(v).resolve()
+            score = 2 if (p == root or root in p.parents) else 1 if tail in v.replace(os.sep, "/") + "/" else 0
+            key = (score, len(root.parts))
+            if score and key > best_key:
+                best, best_key = other, key
     return best
 
 

@@ -72,19 +72,22 @@ def test_finetune_run_inherits_its_pretraining_row(core_runs, tmp_path):
     make_run(core_runs / "ft_nosg", "cls", dict(load_from=str(core_runs / "nosg" / "iter_3.pth")),
              metrics=dict(top1=50.0))
     make_run(core_runs / "ft_orphan", "cls", dict(load_from=None), metrics=dict(top1=99.0))
+    make_run(core_runs / "ft_moved", "cls", dict(model=dict(ckpt="/cluster/old/runs/nocausal/backbone.safetensors")),
+             metrics=dict(top1=70.0))  # the tree was copied from a cluster: matched by the run's folder names
     runs = report.discover_runs([core_runs])
     cells = {c.row.name: c for c in report.build_cells(report.load_spec("core"), runs)}
     assert cells["full"].ours == 88.0 and cells["full"].metric == "top1" and cells["full"].run.path.name == "ft_full"
     assert cells["no_stop_grad"].status == "fail" and cells["no_stop_grad"].run.path.name == "ft_nosg"
     assert all(c.run is None or c.run.path.name != "ft_orphan" for c in cells.values())
+    assert cells["no_causal"].run.path.name == "ft_moved" and cells["no_causal"].ours == 70.0
 
 
 def test_failed_run_and_most_specific_row(tmp_path):
     """Imagenet table: a crashed run is 'fail'; a Large run goes to the Large row, not to the Base one."""
     root = tmp_path / "runs"
-    make_run(root / "b", "cls", dict(model=dict(backbone=dict(causal=False, embed_dim=768))), metrics=dict(top1=83.1))
-    make_run(root / "l", "cls", dict(model=dict(backbone=dict(causal=False, embed_dim=1024))), metrics=dict(top1=85.0))
-    make_run(root / "b_causal", "cls", dict(model=dict(backbone=dict(causal=True, embed_dim=768))), status="failed",
+    make_run(root / "b", "cls", dict(model=dict(backbone=dict(causal=False))), metrics=dict(top1=83.1))
+    make_run(root / "l", "cls", dict(model=dict(backbone=dict(causal=False, size="large"))), metrics=dict(top1=85.0))
+    make_run(root / "b_causal", "cls", dict(model=dict(backbone=dict(causal=True, size="base"))), status="failed",
              reason="RuntimeError: boom")
     _, results = report.run_report([str(root)], ["imagenet"], tmp_path / "out")
     rows = read_csv(tmp_path / "out" / "imagenet.csv")

@@ -1,0 +1,111 @@
+"""`nepa-eval ablate`: paper-scale configs and commands, and the tiny-scale orchestration (stages faked here)."""
+import json
+import shlex
+
+import pytest
+from mmengine.config import Config
+
+from nepa_eval.cli import main as cli_main
+from nepa_eval.commands import ablate
+from nepa_eval.engine import ROOT
+
+
+def test_paper_scale_writes_loadable_configs_and_torchrun_commands(tmp_path):
+    assert cli_main(["ablate", "core", "--scale", "paper", "--work-dir", str(tmp_path)]) == 0
+    root = tmp_path / "paper" / "core"
+    cfg = Config.fromfile(str(root / "configs" / "no_stop_grad_pretrain.py"))  # _base_ resolves to the release config
+    assert cfg.model.stop_grad is False and cfg.model.shift is True and cfg.train_cfg.max_iters == 400000
+    assert cfg.model.backbone.embed_dim == 768  # the rest comes from cls_configs/pretrain/nepa_b_release.py
+    lines = [l for l in (root / "commands.sh").read_text().splitlines() if l.startswith("$TORCHRUN")]
+    assert len(lines) == 8  # 4 rows x (pretrain, fine-tune)
+    ft = shlex.split(lines[1].replace("$TORCHRUN", "torchrun"))
+    assert ft[:4] == ["torchrun", "-m", "nepa_eval.cli", "cls"] and "--launcher" in ft
+    assert ft[ft.index("--ckpt") + 1] == str(root / "full" / "pretrain" / "backbone.safetensors")
+    assert ft[ft.index("--work-dir") + 1] == str(root / "full" / "cls")
+
+
+def test_paper_scale_large_rows_and_required_ckpt(tmp_path):
+    with pytest.raises(ValueError, match="--ckpt"):
+        ablate.write_paper(ablate.load_spec("imagenet"), _args(tmp_path))
+    script = ablate.write_paper(ablate.load_spec("imagenet"), _args(tmp_path, ckpt="nepa_b.pth"))
+    text = script.read_text()
+    assert text.count("$TORCHRUN") == 4 and "NEPA_L_CKPT" in text and "mae" not in text.lower().split("report")[0]
+    cfg = Config.fromfile(str(script.parent / "configs" / "nepa_l_causal_cls.py"))
+    assert cfg.model.backbone.causal is True and cfg.model.backbone.size == "large"
+
+
+def _args(tmp_path, **kw):
+    import argparse
+
+    d = dict(work_dir=str(tmp_path), rows=None, ckpt=None, force=False, dry_run=False, quiet=True, out=None)
+    d.update(kw)
+    return argparse.Namespace(**d)
+
+
+def fake_stage(calls, statuses):
+    """Stands in for a `nepa-eval` process: writes the run directory that command would write."""
+    def run(argv, run_dir, desc, quiet=False):
+        calls.append(argv)
+        stage, row = argv[0], run_dir.parent.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        opts = argv[argv.index("--cfg-options") + 1:] if "--cfg-options" in argv else []
+        cfg = Config(dict(work_dir=str(run_dir), model=dict(ckpt=argv[argv.index("--ckpt") + 1] if "--ckpt" in argv
+                                                            else None)))
+        cfg.merge_from_dict({k: eval(v) if v in ("True", "False", "None") else _num(v)
+                             for k, v in (o.split("=", 1) for o in opts)})
+        cfg.dump(str(run_dir / "config.py"))
+        (run_dir / "scalars.jsonl").write_text(json.dumps({"step": 10, "loss": -0.5, "cos": 0.5}) + "\n")
+        status = statuses.get(row, "ok")
+        metric = {"pretrain": "knn_top1", "cls": "top1", "seg": "mIoU"}[stage]
+        (run_dir / "final_metrics.json").write_text(json.dumps({"task": stage, "status": status, metric: 50.0 + len(row)}))
+        return status
+    return run
+
+
+def _num(v):
+    try:
+        return float(v) if "." in v or "e" in v else int(v)
+    except ValueError:
+        return v
+
+
+def test_tiny_scale_runs_rows_then_reports(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "run_stage", fake_stage(calls, {"no_stop_grad": "collapsed"}))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert cli_main(["ablate", "core", "--work-dir", "wd", "--out", str(out), "--quiet"]) == 0
+    assert [c[0] for c in calls] == ["pretrain"] * 4  # tiny core: the k-NN of each pretraining
+    assert calls[3][calls[3].index("--config") + 1] == "cls_configs/pretrain/nepa_tiny_fmnist.py"
+    assert "model.stop_grad=False" in calls[3] and "train_cfg.max_iters=300" in calls[3]
+    csv_text = (out / "core.csv").read_text()
+    assert "no_stop_grad,no stop-gradient,fail,fail,,fail,yes" in csv_text
+    assert (out / "core_table.png").is_file() and (out / "summary.md").is_file()
+    # a second call reuses the finished runs (a collapsed one too) and runs nothing
+    assert cli_main(["ablate", "core", "--work-dir", "wd", "--out", str(out), "--quiet"]) == 0
+    assert len(calls) == 4
+
+
+def test_tiny_scale_finetune_tables_pretrain_once_and_chain(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "run_stage", fake_stage(calls, {}))
+    monkeypatch.chdir(tmp_path)
+    root = ablate.run_tiny(ablate.load_spec("layer_decay"), _args("wd"))
+    assert [c[0] for c in calls] == ["pretrain", "cls", "cls", "cls"]
+    shared = str(tmp_path / "wd" / "tiny" / "_pretrain" / "backbone.safetensors")
+    assert all(str(tmp_path / c[c.index("--ckpt") + 1]) == shared for c in calls[1:])
+    assert "layer_decay.ramp=linear" in calls[2] and "layer_decay.rate_end=1.0" in calls[2]
+    ablate.run_tiny(ablate.load_spec("imagenet"), _args("wd"))
+    assert [c[0] for c in calls[4:]] == ["cls", "cls"]  # shared pretraining reused; no Large rows at tiny scale
+    assert root == ablate.Path("wd") / "tiny" / "layer_decay"
+
+
+def test_scale_settings_name_existing_configs():
+    for table in ablate.list_tables():
+        spec = ablate.load_spec(table)
+        for scale in ("tiny", "paper"):
+            for stage in ablate.stages_to_run(spec, scale):
+                s = ablate.stage_setting(spec, scale, stage)
+                for key in ("config", "large"):
+                    if key in s:
+                        assert (ROOT / s[key]).is_file(), (table, scale, stage, s[key])
