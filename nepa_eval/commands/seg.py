@@ -1,0 +1,37 @@
+"""`nepa-eval seg --ckpt PATH [--config CFG] [--data-root DIR] [--work-dir DIR] [--resume] [--test-only]
+[--inference slide|whole] [--launcher pytorch] [--amp] [--cfg-options k=v ...]`.
+
+NEPA + UPerNet in mmsegmentation (nepa_eval/tasks/seg.py, seg_configs/). Without --config the ADE20K config
+is picked from the checkpoint's size (ViT-B -> nepa-b, ViT-L -> nepa-l). Trains, then evaluates; the run
+directory ends with config.py, scalars.jsonl, final_metrics.json (task seg, status, steps, mIoU, aAcc, mAcc)
+and mmengine checkpoints (--resume continues from the last one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from nepa_eval.engine import add_runner_args
+
+    p.add_argument("--ckpt", help="NEPA checkpoint in any format the weight door reads (pretrained backbone), or a "
+                                  "trained segmentor checkpoint; omitted: random initialisation")
+    add_runner_args(p)
+    p.add_argument("--data-root", help="dataset folder in the ADE20K layout: ADEChallengeData2016/{images,annotations}"
+                                       "/{training,validation} (the folder holding ADEChallengeData2016, or it itself)")
+    p.add_argument("--test-only", action="store_true",
+                   help="evaluate only: the segmentor checkpoint --ckpt, or the last checkpoint in --work-dir")
+    p.add_argument("--inference", choices=["config", "slide", "whole"], default="config",
+                   help="test-time mode: the config's (default), sliding windows (crop, 2/3 stride) or whole image")
+    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 + loss scale on a GPU, bf16 on a CPU)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from nepa_eval.tasks.seg import run
+
+    final = run(args)
+    keys = ("status", "steps", "mIoU", "aAcc", "mAcc")
+    print(json.dumps({k: final.get(k) for k in keys if k in final}), file=sys.stdout)
+    return 0 if final.get("status") in ("ok", None) else 1

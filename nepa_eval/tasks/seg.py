@@ -1,0 +1,401 @@
+"""Segmentation: NEPA + UPerNet in mmsegmentation on data in the ADE20K layout (`nepa-eval seg`).
+
+Configs import this module with ``custom_imports`` (so mmseg's own tools/train.py and tools/test.py see
+the same things): it registers the mosaic dataset and lets torch's ``weights_only`` loader read our
+own mmengine checkpoints (resume, test) without switching that protection off for other files.
+The rest turns `nepa-eval seg` arguments into a resolved config, runs training then evaluation on
+mmengine's Runner, and writes the metrics into the run directory. ``@bench("seg")`` times one
+training iteration of NEPA-B + UPerNet beside mmseg's own MAE-B + UPerNet.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from mmengine.config import Config
+from mmseg.datasets import BaseSegDataset
+from mmseg.registry import DATASETS
+
+from backbones.nepa import CheckpointError, register_safe_globals
+from backbones.nepa.checkpoint import read_checkpoint, resolve_config, to_nepa_state_dict
+from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
+from nepa_eval.bench import bench, sync, time_fn
+from nepa_eval.datasets import DataError
+from nepa_eval.engine import ROOT, load_config, read_final, read_scalars, run_training, update_final
+from nepa_eval.seg_data import IGNORE_INDEX, MOSAIC_CLASSES, check_seg_root, resolve_ade_root
+
+register_safe_globals()  # our own resume/test under torch's weights_only default; nothing else is allowed
+
+CONFIGS = {
+    "base": "seg_configs/nepa/nepa-b_upernet_8xb2-160k_ade20k-512x512.py",
+    "large": "seg_configs/nepa/nepa-l_upernet_8xb2-160k_ade20k-512x512.py",
+}
+MAE_CONFIG = "mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"
+
+
+@DATASETS.register_module()
+class FashionMosaicDataset(BaseSegDataset):
+    """The Fashion-MNIST mosaic set (nepa_eval.seg_data): background + 10 classes, background counted."""
+
+    METAINFO = dict(classes=MOSAIC_CLASSES,
+                    palette=[[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                             [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]])
+
+    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", reduce_zero_label: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
+                         **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints and configs
+# ----------------------------------------------------------------------------------------------
+def checkpoint_info(path: str) -> dict[str, Any]:
+    """What a checkpoint is: {'arch': NepaConfig fields, 'size': name or None, 'segmentor': bool, 'fmt': str}."""
+    raw = read_checkpoint(path)
+    keys = list(raw.state_dict)
+    prefix = checkpoint_prefix(keys)
+    if prefix:
+        raw.state_dict = {k[len(prefix):]: v for k, v in raw.state_dict.items() if k.startswith(prefix)}
+    sd, notes = to_nepa_state_dict(raw)
+    arch = resolve_config(raw, sd, notes)
+    return dict(arch=arch, size=size_name(arch), segmentor=prefix is not None, fmt=raw.fmt)
+
+
+def pick_config(info: dict[str, Any], path: str) -> str:
+    """The ADE20K config for a checkpoint's size (B or L); other sizes need --config."""
+    if info["size"] in CONFIGS:
+        return CONFIGS[info["size"]]
+    raise ValueError(f"{path} is a {describe(info['arch'])}: there is no ADE20K config for that size; pass --config "
+                     f"(the CPU mosaic config seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py fits the "
+                     f"tiny NEPA of cls_configs/pretrain/nepa_tiny_fmnist.py)")
+
+
+def _datasets(cfg: Config) -> list[dict]:
+    """The dataset dicts of the train/val/test loaders (inside dataset wrappers too)."""
+    found = []
+
+    def walk(d: Any) -> None:
+        if isinstance(d, dict):
+            if "data_root" in d or "data_prefix" in d:
+                found.append(d)
+            for key in ("dataset", "datasets"):
+                if key in d:
+                    walk(d[key])
+        elif isinstance(d, (list, tuple)):
+            for x in d:
+                walk(x)
+
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if cfg.get(name):
+            walk(cfg[name].get("dataset"))
+    return found
+
+
+def label_spec(cfg: Config) -> tuple[int, bool, int]:
+    """(num_classes, reduce_zero_label, ignore_index) of the training dataset, checked against the heads."""
+    ds = _datasets(cfg)[0]
+    cls = DATASETS.get(ds["type"])
+    if cls is None:
+        raise ValueError(f"unknown dataset type {ds['type']!r} (is its module in custom_imports?)")
+    classes = (ds.get("metainfo") or {}).get("classes") or cls.METAINFO.get("classes")
+    default_rzl = inspect.signature(cls.__init__).parameters.get("reduce_zero_label")
+    rzl = ds.get("reduce_zero_label", default_rzl.default if default_rzl else False)
+    ignore = ds.get("ignore_index", IGNORE_INDEX)
+    heads = [cfg.model.get(h) for h in ("decode_head", "auxiliary_head") if cfg.model.get(h)]
+    for h in heads:
+        if h.get("num_classes") != len(classes):
+            raise ValueError(f"the {h['type']} predicts {h.get('num_classes')} classes but the dataset {ds['type']} "
+                             f"has {len(classes)}; set model.decode_head.num_classes / auxiliary_head.num_classes")
+    return len(classes), bool(rzl), ignore
+
+
+def set_data_root(cfg: Config, data_root: str) -> Path:
+    """Point every loader at data_root (the folder holding ADEChallengeData2016/, or that folder itself)."""
+    root = resolve_ade_root(data_root)
+    for ds in _datasets(cfg):
+        ds["data_root"] = str(root)
+    return root
+
+
+def build_cfg(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """Resolve the config: pick it from the checkpoint's size, wire the weights, data, inference and AMP."""
+    info = checkpoint_info(args.ckpt) if args.ckpt else None
+    if not args.config:
+        if info is None:
+            raise ValueError("nepa-eval seg: give --ckpt (the config is picked from its size) or --config")
+        args.config = pick_config(info, args.ckpt)
+    cfg = load_config(args, "seg")
+    bb = cfg.model.backbone
+    if bb.get("type") != "NepaBackbone":
+        raise ValueError(f"{args.config}: model.backbone.type is {bb.get('type')!r}, expected 'NepaBackbone'")
+    extra: dict[str, Any] = {"config": str(args.config)}
+    segmentor_ckpt = None
+    if info is not None:
+        check_arch(bb.get("arch", "base"), info["arch"], args.ckpt)
+        # the whole architecture goes into the config, so the run directory's config.py rebuilds the model alone
+        bb.arch = {k: v for k, v in info["arch"].items() if k not in SEG_FIELDS}
+        extra.update(ckpt=str(Path(args.ckpt).resolve()), ckpt_format=info["fmt"], arch=info["size"] or "custom")
+        if info["segmentor"]:
+            segmentor_ckpt = args.ckpt
+            bb.init_cfg = None
+        else:
+            bb.init_cfg = dict(type="Pretrained", checkpoint=str(Path(args.ckpt).resolve()))
+            bb.pop("pretrained", None)
+    else:
+        extra.update(ckpt=None, arch="random init")
+    if args.test_only:
+        bb.init_cfg = None  # the whole segmentor comes from its checkpoint
+        cfg.load_from = segmentor_ckpt or _last_checkpoint(cfg.work_dir)
+        extra["evaluated_checkpoint"] = cfg.load_from
+    elif segmentor_ckpt:
+        cfg.load_from = segmentor_ckpt  # fine-tune further from a trained segmentor
+    if args.data_root:
+        extra["data_root"] = str(set_data_root(cfg, args.data_root))
+    if args.inference == "whole":
+        cfg.model.test_cfg = dict(mode="whole")
+    elif args.inference == "slide":
+        crop = cfg.get("crop_size", (512, 512))
+        cfg.model.test_cfg = dict(mode="slide", crop_size=tuple(crop),
+                                  stride=tuple(int(round(c * 2 / 3)) for c in crop))
+    extra["inference"] = cfg.model.get("test_cfg", {}).get("mode", "whole")
+    _sync_layer_decay(cfg)
+    if args.amp:
+        _enable_amp(cfg)
+    if cfg.launcher != "none" and not torch.cuda.is_available():
+        cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
+    return cfg, extra
+
+
+def _sync_layer_decay(cfg: Config) -> None:
+    """Mirror the top-level layer_decay dict into the LayerDecayLRHook entry and the constructor."""
+    try:
+        from nepa_eval.layer_decay import sync_layer_decay
+    except ImportError:  # older layer_decay module: copy by hand
+        ld = cfg.get("layer_decay")
+        if not ld:
+            return
+        for h in cfg.get("custom_hooks", []):
+            if h.get("type") == "LayerDecayLRHook":
+                h.update(rate=ld.get("rate", 0.65), rate_end=ld.get("rate_end"), ramp=ld.get("ramp", "constant"))
+        cfg.optim_wrapper.setdefault("paramwise_cfg", {})["decay_rate"] = ld.get("rate", 0.65)
+        return
+    sync_layer_decay(cfg)
+
+
+def _enable_amp(cfg: Config) -> None:
+    """As mmseg's tools/train.py --amp: fp16 with a dynamic loss scale on a GPU; bf16 autocast on a CPU."""
+    ow = cfg.optim_wrapper
+    if ow.get("type") == "AmpOptimWrapper":
+        return
+    if ow.get("type", "OptimWrapper") != "OptimWrapper":
+        raise ValueError(f"--amp needs optim_wrapper.type 'OptimWrapper', got {ow.get('type')!r}")
+    ow.type = "AmpOptimWrapper"
+    if torch.cuda.is_available():
+        ow.loss_scale = "dynamic"
+    else:
+        ow.dtype = "bfloat16"
+
+
+def _last_checkpoint(work_dir: str) -> str:
+    p = Path(work_dir) / "last_checkpoint"
+    if not p.exists():
+        raise FileNotFoundError(f"--test-only: no trained segmentor to evaluate: {work_dir} has no last_checkpoint "
+                                "and --ckpt is not a segmentor checkpoint (one with decode_head.* keys)")
+    return p.read_text().strip()
+
+
+def check_segmentor_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """A segmentor checkpoint must match the model key for key (mmengine would load it non-strictly)."""
+    from backbones.nepa.checkpoint import read_torch_file
+
+    obj = read_torch_file(path)
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{path} does not fit the segmentor of this config: missing {missing[:6]}, unexpected "
+                              f"{unexpected[:6]}, shape mismatch {shapes[:6]} (a checkpoint of another config?)")
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------------------------
+def _metrics(values: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k in ("mIoU", "aAcc", "mAcc"):
+        for key in (k, f"val/{k}", f"test/{k}"):
+            if key in values:
+                out[k] = float(values[key])
+                break
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train then evaluate (or evaluate only); returns the final metrics written to final_metrics.json."""
+    from mmengine.runner import Runner
+
+    from nepa_eval import datasets
+
+    cfg, extra = build_cfg(args)
+    num_classes, rzl, ignore = label_spec(cfg)
+    root = _datasets(cfg)[0]["data_root"]
+    splits = ("validation",) if args.test_only else ("training", "validation")
+    try:
+        counts = check_seg_root(root, num_classes, rzl, ignore, splits=splits)
+    except DataError as e:
+        raise ValueError(f"data: {e}") from e
+    extra.update(num_classes=num_classes, reduce_zero_label=rzl, images={k: v for k, v in counts.items()})
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    print(f"[nepa] seg: {extra['config']} | backbone {extra['arch']} | data {root} {counts} | work_dir {cfg.work_dir}",
+          file=sys.stderr)
+    if extra["ckpt"] is None:
+        print("[nepa] seg: no --ckpt: the backbone starts from random initialisation", file=sys.stderr)
+    t0 = time.time()
+    if args.test_only:
+        datasets.register()
+        hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "RunRecordHook"]
+        cfg.custom_hooks = hooks + [dict(type="RunRecordHook", task="seg")]
+        runner = Runner.from_cfg(cfg)
+        check_segmentor_checkpoint(runner.model, cfg.load_from)
+        metrics = runner.test()
+        final = update_final(cfg.work_dir, task="seg", status="ok", reason="", **extra,
+                             **{f"test/{k}": v for k, v in metrics.items()}, **_metrics(metrics),
+                             eval_seconds=round(time.time() - t0, 1))
+        return final
+    update_final(cfg.work_dir, task="seg", **extra)
+    runner = run_training(cfg, task="seg")
+    train_s = time.time() - t0
+    rows = [r for r in read_scalars(cfg.work_dir) if "val/mIoU" in r]
+    if rows and rows[-1]["step"] == runner.iter:  # the loop evaluated at its last iteration: that is the result
+        metrics = {k[4:]: v for k, v in rows[-1].items() if k.startswith("val/")}
+    else:
+        metrics = runner.test()
+    bb = runner.model.module.backbone if hasattr(runner.model, "module") else runner.model.backbone
+    report = getattr(bb, "load_report", None)
+    final = read_final(cfg.work_dir)
+    return update_final(cfg.work_dir, task="seg", status=final.get("status", "ok"), steps=runner.iter,
+                        **_metrics(metrics), train_seconds=round(train_s, 1),
+                        backbone_load=str(report) if report else "random init",
+                        causal=bool(cfg.model.backbone.get("causal", False)),
+                        layer_decay=dict(cfg.get("layer_decay", {})))
+
+
+def predict(config: str, checkpoint: str, images: list[str], inference: Optional[str] = None,
+            device: str = "cpu") -> list[torch.Tensor]:
+    """Label maps (H, W) at each image's own size from a trained segmentor checkpoint (SyncBN -> BN)."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.apis import inference_model, init_model
+
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.init_cfg = None
+    if inference == "whole":
+        cfg.model.test_cfg = dict(mode="whole")
+    model = init_model(cfg, None, device=device)
+    check_segmentor_checkpoint(model, checkpoint)
+    from mmengine.runner import load_checkpoint
+
+    load_checkpoint(model, checkpoint, map_location=device, strict=True)
+    model = revert_sync_batchnorm(model).eval()
+    return [r.pred_sem_seg.data[0].cpu() for r in (inference_model(model, img) for img in images)]
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmark: one training iteration, NEPA-B + UPerNet beside mmseg's MAE-B + UPerNet
+# ----------------------------------------------------------------------------------------------
+def _rss_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _bench_one(config: str, batch: int, size: int, warmup: int, iters: int, device: str, q: Any) -> None:
+    """Child process: build the segmentor of `config`, time train iterations, report time and peak memory."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+    from mmengine.registry import init_default_scope
+
+    torch.manual_seed(0)
+    init_default_scope("mmseg")
+    cfg = Config.fromfile(config)
+    cfg.model.pretrained = None
+    cfg.model.backbone.pop("init_cfg", None)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device).train()
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(batch)]
+    nc = cfg.model.decode_head.num_classes
+    samples = []
+    for _ in range(batch):
+        s = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size)))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, nc, (1, size, size), generator=g))
+        samples.append(s)
+    data = dict(inputs=imgs, data_samples=samples)
+    dev = torch.device(device)
+
+    def step() -> None:
+        model.train_step(copy.copy(data), optim)
+
+    for _ in range(warmup):
+        step()
+    sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mib("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (Linux)
+        except OSError:
+            pass
+    sec = time_fn(step, dev, 0, iters)
+    peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda"
+            else _rss_mib("VmHWM") - base)
+    params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
+    q.put(dict(sec=sec, peak=peak, params=params, tokens=None))
+
+
+@bench("seg")
+def bench_seg(args: argparse.Namespace) -> None:
+    """One training iteration (forward, backward, AdamW step) of NEPA-B + UPerNet vs MAE-B + UPerNet at 512."""
+    import multiprocessing as mp
+
+    from nepa_eval.bench import device_of
+
+    dev = device_of(args.device)
+    size, batch = args.seg_size, args.seg_batch
+    rows = []
+    ctx = mp.get_context("spawn")  # a fresh process each: peak memory is the step's alone
+    configs = [("mmseg MAE-B + UPerNet (patch 16)", MAE_CONFIG),
+               ("NEPA-B + UPerNet (patch 14, padded)", str(ROOT / CONFIGS["base"]))]
+    for name, config in configs:
+        q = ctx.Queue()
+        p = ctx.Process(target=_bench_one, args=(config, batch, size, args.warmup, args.iters, dev.type, q))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"benchmark of {name} failed (exit code {p.exitcode})")
+        rows.append((name, q.get()))
+    ref = rows[0][1]
+    print(f"# seg train iteration: {size}x{size}, batch {batch}, {dev.type}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {args.warmup} warm-up + {args.iters} timed (median)")
+    mem_kind = "CUDA max allocated" if dev.type == "cuda" else "peak RSS growth"
+    print(f"| model | backbone params (M) | s / iter | time vs MAE-B | {mem_kind} (MiB) | memory vs MAE-B |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(f"| {name} | {r['params']:.1f} | {r['sec']:.2f} | {r['sec'] / ref['sec']:.2f} | {r['peak']:.0f} | "
+              f"{r['peak'] / ref['peak']:.2f} |")
