@@ -60,10 +60,18 @@ def build_cfg(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from nepa_eval.engine import run_training, update_final
     from nepa_eval.tasks.pretrain import NonFiniteLossError
 
     cfg, info = build_cfg(args)
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available():
+        import torch.distributed as dist
+
+        # mmengine's init_dist calls torch.cuda.set_device unconditionally; on CPUs join the gloo group here
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[nepa] pretrain: work_dir {cfg.work_dir}, effective batch {info['effective_batch']} "
