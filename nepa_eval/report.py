@@ -364,21 +364,29 @@ def _pick(runs: list[Run]) -> Run:
     return max(runs, key=lambda r: (r.status != "running", r.mtime))
 
 
+def _common_stage(spec: TableSpec, assigned: dict[str, list[Run]]) -> Optional[str]:
+    """The deepest stage that every row with healthy runs reached, so that one table compares one metric."""
+    reached = [{r.task for r in runs} for runs in assigned.values()
+               if runs and not any(x.failed for r in runs for x in r.lineage())]
+    return next((s for s in reversed(spec.stage_names) if reached and all(s in t for t in reached)), None)
+
+
 def build_cells(spec: TableSpec, runs: list[Run]) -> list[Cell]:
-    """One cell per row: the deepest stage that ran decides; a failed run anywhere in its lineage is 'fail'."""
+    """One cell per row: the deepest stage all healthy rows reached decides (else the row's deepest); a failed run
+    anywhere in the chosen run's lineage is 'fail'."""
     assigned = assign_runs(spec, runs)
+    common = _common_stage(spec, assigned)
     cells = []
     for row in spec.rows:
         cell = Cell(row=row, runs=assigned[row.name])
         if row.reference:
             cell.status = "reference"
         elif cell.runs:
-            for stage in reversed(spec.stage_names):
-                at = [r for r in cell.runs if r.task == stage]
-                if at:
-                    run = _pick(at)
-                    break
-            cell.run = run
+            at = [r for r in cell.runs if r.task == common]
+            if not at:
+                deepest = max(cell.runs, key=lambda r: spec.stage_names.index(r.task)).task
+                at = [r for r in cell.runs if r.task == deepest]
+            run = cell.run = _pick(at)
             bad = next((r for r in run.lineage() if r.failed), None)
             if bad is not None:
                 cell.status, cell.reason = "fail", f"{bad.task} {bad.status}" + (f": {bad.reason}" if bad.reason else "")
@@ -405,7 +413,7 @@ def _mark_agreement(spec: TableSpec, cells: list[Cell]) -> None:
         if paper_fail or ours_fail:
             c.agrees = "yes" if paper_fail == ours_fail else "no"
             continue
-        if base.status != "ok" or _is_fail(base.row.paper) or base.ours is None:
+        if base.status != "ok" or _is_fail(base.row.paper) or base.ours is None or base.metric != c.metric:
             continue
         dp, do = float(c.row.paper) - float(base.row.paper), c.ours - base.ours
         c.agrees = "yes" if (dp > 0) == (do > 0) or dp == 0 else "no"
@@ -581,8 +589,9 @@ def report_table(spec: TableSpec, runs: list[Run], out: Path) -> TableResult:
     return TableResult(spec, cells, write_csv(spec, cells, out), images)
 
 
-def write_summary(results: list[TableResult], out: Path, run_dirs: list[str]) -> Path:
-    """summary.md: per table the cells and the images, to open in any Markdown viewer."""
+def write_summary(results: list[TableResult], out: Path, run_dirs: list[str],
+                  extra: Optional[dict[str, list[Path]]] = None) -> Path:
+    """summary.md: per table the cells and the images (then any extra sections of images), for a Markdown viewer."""
     lines = ["# nepa-eval report", "",
              f"Runs read from: {', '.join(str(d) for d in run_dirs)}. Cells: `fail` = the run collapsed, diverged "
              "or crashed (as the paper prints it); empty with status `missing` = no run matched the row. Our "
@@ -592,16 +601,18 @@ def write_summary(results: list[TableResult], out: Path, run_dirs: list[str]) ->
         lines += [f"## {res.spec.title}", "", f"Paper: {res.spec.paper_metric}. CSV: [{res.csv.name}]({res.csv.name})",
                   "", markdown_table(res.cells), ""]
         lines += [f"![{p.stem}]({p.name})" for p in res.images] + [""]
+    for title, images in (extra or {}).items():
+        lines += [f"## {title}", ""] + [f"![{p.stem}]({os.path.relpath(p, out)})" for p in images] + [""]
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def run_report(run_dirs: list[str], tables: Optional[list[str]] = None, out: str | os.PathLike = "reports/out"
-               ) -> tuple[Path, list[TableResult]]:
+def run_report(run_dirs: list[str], tables: Optional[list[str]] = None, out: str | os.PathLike = "reports/out",
+               extra: Optional[dict[str, list[Path]]] = None) -> tuple[Path, list[TableResult]]:
     """Read the run directories, write every requested table and the summary page; return the page's path."""
     out = Path(out)
     runs = discover_runs(run_dirs)
     results = [report_table(load_spec(t), runs, out) for t in (tables or list_tables())]
-    return write_summary(results, out, run_dirs), results
+    return write_summary(results, out, run_dirs, extra), results
 

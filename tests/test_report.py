@@ -146,3 +146,12 @@ def test_cli_report(core_runs, tmp_path, capsys):
     assert f"summary: {out / 'summary.md'}" in printed
     assert read_csv(out / "ade20k.csv")["nepa_b"]["ours"] == "30.00"
     assert not (out / "arch.csv").exists()
+
+
+def test_one_metric_per_table(core_runs):
+    """Only one row was fine-tuned: the table stays on the k-NN metric every row has, so directions compare."""
+    make_run(core_runs / "ft_full", "cls", dict(model=dict(ckpt=str(core_runs / "full" / "backbone.safetensors"))),
+             metrics=dict(top1=88.0))
+    cells = {c.row.name: c for c in report.build_cells(report.load_spec("core"), report.discover_runs([core_runs]))}
+    assert cells["full"].metric == cells["no_causal"].metric == "knn_top1" and cells["full"].ours == 71.5
+    assert cells["no_causal"].agrees == "yes"
