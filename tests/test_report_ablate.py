@@ -37,7 +37,8 @@ def test_paper_scale_large_rows_and_required_ckpt(tmp_path):
 def _args(tmp_path, **kw):
     import argparse
 
-    d = dict(work_dir=str(tmp_path), rows=None, ckpt=None, force=False, dry_run=False, quiet=True, out=None)
+    d = dict(work_dir=str(tmp_path), rows=None, ckpt=None, force=False, dry_run=False, quiet=True, out=None,
+             cfg_options={})
     d.update(kw)
     return argparse.Namespace(**d)
 

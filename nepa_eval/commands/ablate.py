@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from mmengine.config import DictAction
+
 from nepa_eval.engine import ROOT, read_final, read_scalars
 from nepa_eval.report import Row, TableSpec, list_tables, load_spec, read_config, run_report
 
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "ade20k); tiny default: a tiny pretraining run first, paper: required")
     p.add_argument("--work-dir", default="work_dirs/ablate", help="root of the run directories [%(default)s]")
     p.add_argument("--out", help="report folder (default: reports/out/<table>)")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                   help="extra config overrides for every run (before the rows' own keys), e.g. a data root or "
+                        "train_cfg.max_iters=100")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,16 +85,16 @@ def _fmt(v: Any) -> str:
 
 
 def stage_command(spec: TableSpec, scale: str, row: Row, stage: str, work_dir: Path, ckpt: Optional[str],
-                  config: Optional[str] = None) -> list[str]:
+                  extra: Optional[dict[str, Any]] = None) -> list[str]:
     """`nepa-eval <stage>` arguments for one row's stage (without the interpreter or launcher)."""
     s = stage_setting(spec, scale, stage)
-    config = config or s.get("large" if row.size == "large" else "config", s["config"])
+    config = s.get("large" if row.size == "large" else "config", s["config"])
     fill = {"data_root": str(s.get("data_root", ""))}
     cmd = [stage, "--config", str(config), "--work-dir", str(work_dir)]
     cmd += [str(a).format(**fill) for a in s.get("args", [])]
     if ckpt is not None:
         cmd += ["--ckpt", ckpt]
-    opts = {**(s.get("options") or {}), **row.keys.get(stage, {})}
+    opts = {**(s.get("options") or {}), **(extra or {}), **row.keys.get(stage, {})}
     if opts:
         cmd += ["--cfg-options"] + [f"{k}={_fmt(v)}" for k, v in opts.items()]
     return cmd
@@ -190,7 +195,8 @@ def run_tiny(spec: TableSpec, args: argparse.Namespace) -> Path:
     base_ckpt = args.ckpt
     if stages[0] != "pretrain" and base_ckpt is None:
         base_dir = Path(args.work_dir) / "tiny" / TINY_BASE_PRETRAIN  # the default objective, no row keys
-        argv = stage_command(spec, "tiny", Row("base", "base", None, {}, {}), "pretrain", base_dir, None)
+        argv = stage_command(spec, "tiny", Row("base", "base", None, {}, {}), "pretrain", base_dir, None,
+                             args.cfg_options)
         if args.dry_run:
             print("nepa-eval " + shlex.join(argv))
         elif ensure_stage(argv, base_dir, "pretrain (shared backbone)", args.force, args.quiet) not in ("ok",):
@@ -202,7 +208,7 @@ def run_tiny(spec: TableSpec, args: argparse.Namespace) -> Path:
         ckpt = base_ckpt
         for stage in stages:
             run_dir = root / row.name / stage
-            argv = stage_command(spec, "tiny", row, stage, run_dir, ckpt)
+            argv = stage_command(spec, "tiny", row, stage, run_dir, ckpt, args.cfg_options)
             desc = f"[{i}/{len(rows)}] {row.name}: {stage}"
             if args.dry_run:
                 print("nepa-eval " + shlex.join(argv))
@@ -267,7 +273,7 @@ def write_paper(spec: TableSpec, args: argparse.Namespace) -> Path:
         for stage in stages:
             s = stage_setting(spec, "paper", stage)
             base = s.get("large" if row.size == "large" else "config", s["config"])
-            keys = {**(s.get("options") or {}), **row.keys.get(stage, {})}
+            keys = {**(s.get("options") or {}), **args.cfg_options, **row.keys.get(stage, {})}
             cfg = write_row_config(root / "configs" / f"{row.name}_{stage}.py", base, keys,
                                    f"{spec.name} / {row.label}: {stage} ({'paper: ' + str(row.paper)})")
             run_dir = root / row.name / stage

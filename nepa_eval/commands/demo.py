@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
 
     t_start = time.time()
     times: dict[str, float] = {}
-    common = dict(work_dir=args.work_dir, force=args.force, dry_run=False, quiet=args.quiet, out=None)
+    common = dict(work_dir=args.work_dir, force=args.force, dry_run=False, quiet=args.quiet, out=None, cfg_options={})
 
     def step(n: int, title: str) -> float:
         print(f"\n=== [{n}/4] {title}", flush=True)
