@@ -196,7 +196,8 @@ def test_bench_pretrain_prints_a_table(capsys):
     args = argparse.Namespace(device="cpu", batch_size=2, img_size=28, depth=1, warmup=0, iters=1,
                               fp32_only=True, sizes=["tiny"])
     BENCHES["pretrain"](args)
-    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny")]
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny (")]
     assert len(rows) == 1
-    ips = float(rows[0].split("|")[4])
-    assert ips > 0 and math.isfinite(ips)
+    cells = [c.strip() for c in rows[0].split("|")]
+    ips, mem = float(cells[6]), float(cells[8])
+    assert ips > 0 and math.isfinite(ips) and mem >= 0
