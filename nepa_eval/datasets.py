@@ -59,7 +59,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, source: str = "fashion_mnist", root: Optional[str] = None, split: str = "train",
                  transform: Optional[Callable | dict] = None, limit: Optional[int] = None, seed: int = 0,
-                 image_key: str = "image", label_key: str = "label") -> None:
+                 image_key: str = "image", label_key: Optional[str] = "label") -> None:
         self.source, self.split = source, split
         self.transform = build_transform(**transform) if isinstance(transform, dict) else transform
         if source == "fashion_mnist":
@@ -116,10 +116,13 @@ class ImageDataset(Dataset):
                 raise DataError(f"{root} has splits {list(ds)}, not {self.split!r}")
             ds = ds[split]
         for key in (image_key, label_key):
-            if key not in ds.column_names:
+            if key is not None and key not in ds.column_names:
                 raise DataError(f"{root}: no column {key!r} (columns: {ds.column_names}); set image_key/label_key")
         keep = _subset(len(ds), limit, seed)
         self._hf, self._hf_keys = ds.select(keep.tolist()), (image_key, label_key)
+        if label_key is None:  # unlabelled images (pretraining): every label is -1
+            self.targets, self.classes = [-1] * len(self._hf), []
+            return
         self.targets = list(self._hf[label_key])
         feat = ds.features[label_key]
         self.classes = list(getattr(feat, "names", None) or range(int(max(self.targets)) + 1))

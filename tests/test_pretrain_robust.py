@@ -3,6 +3,7 @@ is being written."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from pathlib import Path
@@ -137,3 +138,24 @@ def test_checkpoint_dying_mid_write_never_replaces_the_last_good_one(tmp_path):
     assert (tmp_path / "iter_2.pth").read_bytes() == b"half and whole"
     assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")
     assert not (tmp_path / "iter_1.pth").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("source", ["folder", "hf"])
+def test_folder_and_hf_sources_pretrain(tmp_path, source):
+    if source == "folder":
+        root = _folder(tmp_path / "data", bad=False)
+        extra = []
+    else:
+        hfds = pytest.importorskip("datasets")
+        rng = np.random.default_rng(0)
+        imgs = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(8)]
+        root = tmp_path / "hf"
+        hfds.Dataset.from_dict({"image": imgs}, features=hfds.Features({"image": hfds.Image()})).save_to_disk(str(root))
+        extra = ["train_dataloader.dataset.label_key=None"]
+    wd = tmp_path / "run"
+    rc = run_cli(["pretrain", "--config", TINY_CFG, "--work-dir", str(wd), "--cfg-options", *TINY_OPTS,
+                  "train_cfg.max_iters=2", "train_dataloader.batch_size=4", f"train_dataloader.dataset.source={source}",
+                  f"train_dataloader.dataset.root={root}", *extra])
+    assert rc == 0
+    f = final(wd)
+    assert f["status"] == "ok" and f["steps"] == 2 and math.isfinite(f["final_loss"])
