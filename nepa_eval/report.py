@@ -542,8 +542,6 @@ def plot_curves(spec: TableSpec, cells: list[Cell], out: Path, keys: Optional[li
         ax.set_title(f"{stage}: {key}", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if key == "out_std" or key == "eff_rank":
-            ax.set_yscale("symlog", linthresh=1e-3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

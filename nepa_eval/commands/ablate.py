@@ -130,11 +130,12 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) ->
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.time()
     with open(log, "w") as f, tqdm(desc=desc, total=None, disable=quiet, leave=True, dynamic_ncols=True,
-                                   unit="it") as bar:
+                                   unit="it", mininterval=1e9) as bar:  # no automatic redraws
         f.write("$ nepa-eval " + " ".join(shlex.quote(a) for a in argv) + "\n")
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", "nepa_eval.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
                                 cwd=os.getcwd(), env=env)
+        last = None
         while proc.poll() is None:
             time.sleep(1.0)
             if bar.total is None:
@@ -142,8 +143,9 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) ->
                 if total:
                     bar.total, bar.unit = total, unit
             rows = read_scalars(run_dir) if (run_dir / "scalars.jsonl").exists() else []
-            if rows:
-                done = rows[-1].get("epoch" if bar.unit == "epoch" else "step", 0) or 0
+            if rows and rows[-1] != last:  # redraw only on news (a log file gets one line per redraw)
+                last = rows[-1]
+                done = last.get("epoch" if bar.unit == "epoch" else "step", 0) or 0
                 bar.n = min(int(done), bar.total or int(done))
                 loss = next((r["loss"] for r in reversed(rows) if "loss" in r), None)
                 if loss is not None:
