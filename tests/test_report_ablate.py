@@ -110,3 +110,14 @@ def test_scale_settings_name_existing_configs():
                 for key in ("config", "large"):
                     if key in s:
                         assert (ROOT / s[key]).is_file(), (table, scale, stage, s[key])
+
+
+def test_a_run_made_by_another_command_is_redone(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "run_stage", fake_stage(calls, {}))
+    monkeypatch.chdir(tmp_path)
+    ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full"))
+    ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full"))
+    assert len(calls) == 1
+    ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full", cfg_options={"train_cfg.max_iters": 50}))
+    assert len(calls) == 2 and "train_cfg.max_iters=50" in calls[1]

@@ -24,6 +24,7 @@ from nepa_eval.engine import ROOT, read_final, read_scalars
 from nepa_eval.report import Row, TableSpec, list_tables, load_spec, read_config, run_report
 
 REUSE = ("ok", "collapsed", "diverged")  # finished runs; "failed" (a crash) and "running" (killed) run again
+COMMAND_FILE = "ablate_command.txt"  # the command that made the run: a run made by another command is redone
 TINY_BASE_PRETRAIN = "_pretrain"  # the shared pretraining of tables whose rows start from a checkpoint
 
 
@@ -131,7 +132,7 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) ->
     t0 = time.time()
     with open(log, "w") as f, tqdm(desc=desc, total=None, disable=quiet, leave=True, dynamic_ncols=True,
                                    unit="it", mininterval=1e9) as bar:  # no automatic redraws
-        f.write("$ nepa-eval " + " ".join(shlex.quote(a) for a in argv) + "\n")
+        f.write("$ nepa-eval " + shlex.join(argv) + "\n")
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", "nepa_eval.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
                                 cwd=os.getcwd(), env=env)
@@ -165,18 +166,24 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) ->
     return status
 
 
-def _finished(run_dir: Path) -> Optional[str]:
+def _finished(run_dir: Path, argv: list[str]) -> Optional[str]:
+    """The status of a finished run made by exactly this command, else None."""
+    made_by = run_dir / COMMAND_FILE
+    if not made_by.is_file() or made_by.read_text().strip() != shlex.join(argv):
+        return None
     status = read_final(run_dir).get("status")
     return status if status in REUSE else None
 
 
 def ensure_stage(argv: list[str], run_dir: Path, desc: str, force: bool, quiet: bool) -> str:
-    """Run a stage unless a finished run is already there; a stale or crashed run directory is cleared first."""
-    if not force and (done := _finished(run_dir)):
+    """Run a stage unless a finished run of the same command is there; any other run directory is cleared first."""
+    if not force and (done := _finished(run_dir, argv)):
         print(f"[nepa] {desc}: reusing {run_dir} ({done})")
         return done
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / COMMAND_FILE).write_text(shlex.join(argv) + "\n")
     return run_stage(argv, run_dir, desc, quiet)
 
 

@@ -19,7 +19,8 @@ TABLES = ("core", "imagenet", "ade20k")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `nepa-eval demo`."""
-    p.add_argument("--work-dir", default="work_dirs/demo", help="run directories [%(default)s]")
+    p.add_argument("--work-dir", default="work_dirs/ablate",
+                   help="run directories, shared with `nepa-eval ablate` (its core runs are the demo's) [%(default)s]")
     p.add_argument("--out", default="reports/out/demo", help="report, plots and maps [%(default)s]")
     p.add_argument("--force", action="store_true", help="rerun everything instead of reusing finished runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
