@@ -119,7 +119,7 @@ def _setup_cpu_distributed(cfg) -> None:
 def main(args: argparse.Namespace) -> int:
     from nepa_eval.engine import load_config, update_final
     from nepa_eval.layer_decay import sync_layer_decay
-    from nepa_eval.tasks.cls import build_backbone
+    from nepa_eval.tasks.cls import align_save_best, build_backbone
 
     if not args.config:
         args.config = DEFAULT_CONFIGS[args.protocol or "finetune"]
@@ -169,6 +169,7 @@ def main(args: argparse.Namespace) -> int:
         hooks.append(dict(type="ClsRecordHook", protocol=protocol))
     cfg.custom_hooks = hooks
     sync_layer_decay(cfg)
+    align_save_best(cfg)
     _setup_cpu_distributed(cfg)
     if args.eval_only:
         return run_eval_only(cfg)
@@ -200,8 +201,11 @@ def run_eval_only(cfg) -> int:
     cfg.model.freeze_patch_embed = False
     cfg.model.linear_probe = False
     cfg.custom_hooks = [h for h in cfg.custom_hooks if h.get("type") not in ("EMAHook", "LayerDecayLRHook")]
+    for h in cfg.custom_hooks:
+        if h.get("type") == "ClsRecordHook":
+            h["protocol"] = "eval-only"
     cfg.custom_hooks.append(dict(type="RunRecordHook", task="cls"))
-    for key in ("train_dataloader", "train_cfg", "optim_wrapper"):
+    for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
         cfg.pop(key, None)
     cfg.test_dataloader = cfg.val_dataloader
     update_final(cfg.work_dir, task="cls", protocol="eval-only", ckpt=cfg.model.ckpt, steps=0)
@@ -226,7 +230,7 @@ def run_knn(cfg, ckpt: str) -> int:
         return 0
     runtime = {k: v for k, v in (cfg.model.get("backbone") or {}).items() if k in RUNTIME_FIELDS}
     model = build_backbone(runtime, ckpt, num_classes=0).eval()
-    knn_cfg = dict(k=20, temperature=0.07, **(cfg.get("knn") or {}))
+    knn_cfg = {"k": 20, "temperature": 0.07, **(cfg.get("knn") or {})}
     cfg.dump(str(Path(cfg.work_dir) / "config.py"))
     update_final(cfg.work_dir, task="cls", protocol="knn", status="running", ckpt=ckpt, **knn_cfg)
     feats = []

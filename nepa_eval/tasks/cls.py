@@ -38,8 +38,10 @@ def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, 
         overrides = {k: kw[k] for k in RUNTIME_FIELDS if k in kw}
         try:
             model = from_pretrained(ckpt, num_classes=num_classes, verbose=verbose, **overrides)
-        except CheckpointError:
-            raise
+        except CheckpointError as e:
+            if str(ckpt) in str(e):
+                raise
+            raise CheckpointError(f"{ckpt}: {e}") from e
         except (KeyError, IndexError, AttributeError, TypeError) as e:
             raise CheckpointError(f"{ckpt}: not a NEPA backbone checkpoint (no ViT blocks / patch embedding "
                                   f"found: {type(e).__name__} {e}). Give a NEPA pretraining or fine-tuning "
@@ -147,6 +149,14 @@ class TopKAccuracy(BaseMetric):
         return dict(top1=100.0 * sum(r[0] for r in results) / n, top5=100.0 * sum(r[1] for r in results) / n)
 
 
+def align_save_best(cfg: Any) -> None:
+    """Keep the best checkpoint by EMA accuracy when the run has an EMA, by plain accuracy when it has none."""
+    ck = cfg.get("default_hooks", {}).get("checkpoint") or {}
+    has_ema = any(h.get("type") == "EMAHook" for h in cfg.get("custom_hooks", []))
+    if ck.get("save_best") in ("ema_top1", "top1"):
+        ck["save_best"] = "ema_top1" if has_ema else "top1"
+
+
 def find_ema_hook(runner) -> Optional[EMAHook]:
     """The runner's EMAHook, if any."""
     return next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
@@ -233,4 +243,5 @@ class ClsRecordHook(Hook):
             update_final(runner.work_dir, **{k: metrics[k] for k in ("top1", "top5") if k in metrics})
 
 
-__all__ = ["NepaClassifier", "TopKAccuracy", "ClsValLoop", "ClsRecordHook", "build_backbone", "find_ema_hook"]
+__all__ = ["NepaClassifier", "TopKAccuracy", "ClsValLoop", "ClsRecordHook", "build_backbone", "find_ema_hook",
+           "align_save_best"]
