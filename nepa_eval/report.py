@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .engine import FINAL, SCALARS, read_final, read_scalars
+from .engine import FINAL, SCALARS, read_final
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_DIR = ROOT / "reports"
@@ -170,7 +171,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(eq=False)  # runs compare by identity
 class Run:
     """One run directory: its task, status, metrics, flattened config and (lazily) its scalars."""
 
@@ -194,7 +195,7 @@ class Run:
 
     def scalars(self) -> list[dict[str, Any]]:
         if self._scalars is None:
-            self._scalars = read_scalars(self.path)
+            self._scalars = scalars_of(self.path)
         return self._scalars
 
     def metric(self, name: str) -> Optional[float]:
@@ -211,6 +212,18 @@ class Run:
             chain.insert(0, r)
             r = r.parent
         return chain
+
+
+def scalars_of(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """scalars.jsonl of a run, skipping a line a live run is still writing (engine.read_scalars would raise)."""
+    p = Path(run_dir) / SCALARS
+    rows = []
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def _as_float(v: Any) -> Optional[float]:

@@ -155,3 +155,9 @@ def test_one_metric_per_table(core_runs):
     cells = {c.row.name: c for c in report.build_cells(report.load_spec("core"), report.discover_runs([core_runs]))}
     assert cells["full"].metric == cells["no_causal"].metric == "knn_top1" and cells["full"].ours == 71.5
     assert cells["no_causal"].agrees == "yes"
+
+
+def test_a_live_run_with_a_half_written_line(core_runs):
+    with open(core_runs / "full" / "scalars.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')
+    assert [r["step"] for r in report.scalars_of(core_runs / "full")] == [1, 2, 3]

@@ -121,3 +121,20 @@ def test_a_run_made_by_another_command_is_redone(tmp_path, monkeypatch):
     assert len(calls) == 1
     ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full", cfg_options={"train_cfg.max_iters": 50}))
     assert len(calls) == 2 and "train_cfg.max_iters=50" in calls[1]
+
+
+@pytest.mark.slow
+def test_tiny_core_row_end_to_end(tmp_path, monkeypatch):
+    """A real (short) pretraining through `nepa-eval ablate`, its k-NN in the table, then reused, not rerun."""
+    if not (ablate.Path("/usr/share/datasets/fashion-mnist") / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed")
+    monkeypatch.chdir(tmp_path)
+    argv = ["ablate", "core", "--rows", "full", "--work-dir", "wd", "--out", "out", "--quiet", "--cfg-options",
+            "train_cfg.max_iters=30", "knn_train.limit=1000", "knn_test.limit=500"]
+    assert cli_main(argv) == 0
+    rows = {r.split(",")[0]: r.split(",") for r in (tmp_path / "out" / "core.csv").read_text().splitlines()}
+    assert rows["full"][5] == "ok" and 10.0 < float(rows["full"][3]) <= 100.0 and rows["full"][4] == "knn_top1"
+    assert rows["no_shift"][5] == "missing"
+    run = tmp_path / "wd" / "tiny" / "core" / "full" / "pretrain"
+    mtime = (run / "final_metrics.json").stat().st_mtime
+    assert cli_main(argv) == 0 and (run / "final_metrics.json").stat().st_mtime == mtime

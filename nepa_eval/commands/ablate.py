@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 from mmengine.config import DictAction
 
-from nepa_eval.engine import ROOT, read_final, read_scalars
-from nepa_eval.report import Row, TableSpec, list_tables, load_spec, read_config, run_report
+from nepa_eval.engine import ROOT, read_final
+from nepa_eval.report import Row, TableSpec, list_tables, load_spec, read_config, run_report, scalars_of
 
 REUSE = ("ok", "collapsed", "diverged")  # finished runs; "failed" (a crash) and "running" (killed) run again
 COMMAND_FILE = "ablate_command.txt"  # the command that made the run: a run made by another command is redone
@@ -143,7 +143,7 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) ->
                 total, unit = _budget(run_dir)
                 if total:
                     bar.total, bar.unit = total, unit
-            rows = read_scalars(run_dir) if (run_dir / "scalars.jsonl").exists() else []
+            rows = scalars_of(run_dir)
             if rows and rows[-1] != last:  # redraw only on news (a log file gets one line per redraw)
                 last = rows[-1]
                 done = last.get("epoch" if bar.unit == "epoch" else "step", 0) or 0
