@@ -9,8 +9,12 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, loader: Iterable, device: Optional[torch.device] = None,
-                     pool: str = "avg", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised pooled features (mean of patch tokens, or cls with pool='token') and labels."""
+                     pool: str = "avg", progress: bool = False,
+                     layer: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised pooled features (mean of patch tokens, or cls with pool='token') and labels.
+
+    `layer`: read the output of that block (mean of its patch tokens, before any norm) instead of the final
+    features; autoregressive models often hold their most linearly separable features mid-depth (iGPT)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -22,8 +26,12 @@ def extract_features(model: torch.nn.Module, loader: Iterable, device: Optional[
         it = tqdm(loader, desc="features", leave=False)
     for batch in it:
         x, y = (batch["inputs"], batch["labels"]) if isinstance(batch, dict) else batch
-        tokens = model.forward_features(x.to(device))
-        f = model.pool(tokens, pool) if hasattr(model, "pool") else tokens[:, 1:].mean(1)
+        if layer is not None:
+            f = model.forward_intermediates(x.to(device), indices=[layer], output_fmt="NLC",
+                                            intermediates_only=True)[0].mean(1)
+        else:
+            tokens = model.forward_features(x.to(device))
+            f = model.pool(tokens, pool) if hasattr(model, "pool") else tokens[:, 1:].mean(1)
         feats.append(F.normalize(f.float(), dim=-1).cpu())
         labels.append(torch.as_tensor(y).cpu())
     model.train(was_training)

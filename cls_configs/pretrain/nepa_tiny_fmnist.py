@@ -13,5 +13,5 @@ optim_wrapper = dict(type='OptimWrapper')
 default_hooks = dict(checkpoint=dict(interval=200, max_keep_ckpts=2), logger=dict(interval=20))
 health = dict(interval=20)
 ema = dict(enable=True, momentum=0.01)  # decay 0.99: a short run needs a short average
-knn = dict(enable=True, interval=0)
+knn = dict(enable=True, interval=0, blocks=[1])  # final features and block 1's (mid-depth, iGPT-style)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

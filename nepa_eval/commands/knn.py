@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--k", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--pool", default="avg", choices=["avg", "token"], help="mean of patch tokens or the cls token")
+    p.add_argument("--block", type=int, action="append", default=[],
+                   help="also score the output of this block (0-based; repeatable), e.g. mid-depth features")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--ema", action="store_true", help="use the EMA weights where the checkpoint has them")
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (baseline)")
@@ -59,10 +61,11 @@ def main(args: argparse.Namespace) -> int:
     train = dict(data_spec(args.data, args.train_split, args.train_limit), transform=tf)
     test = dict(data_spec(args.data, args.test_split, args.test_limit), transform=tf)
     res = knn_eval(model, train, test, k=args.k, temperature=args.temperature, batch_size=args.batch_size,
-                   pool=args.pool, device=dev)
+                   pool=args.pool, device=dev, layers=[None, *args.block])
     res.update(ckpt=str(args.ckpt), weights="random init" if args.random_init else ("ema" if args.ema else "raw"),
                k=args.k, temperature=args.temperature, data=args.data)
     print(f"k-NN top-1 {res['knn_top1']:.2f}%" + (f", top-5 {res['knn_top5']:.2f}%" if "knn_top5" in res else "")
+          + "".join(f", block {b} top-1 {res[f'knn_top1_block{b}']:.2f}%" for b in args.block)
           + f" ({res['weights']}, {args.ckpt}, k={args.k}, T={args.temperature})")
     if args.json:
         with open(args.json, "w") as f:

@@ -43,7 +43,8 @@ def build_cfg(args: argparse.Namespace):
     if knn is not None and knn.get("enable", True) and cfg.get("knn_train") and cfg.get("knn_test"):
         hooks.append(dict(type="KnnMonitorHook", train_data=cfg.knn_train, test_data=cfg.knn_test,
                           interval=knn.get("interval", 0), k=knn.get("k", 20),
-                          temperature=knn.get("temperature", 0.07), batch_size=knn.get("batch_size", 256)))
+                          temperature=knn.get("temperature", 0.07), batch_size=knn.get("batch_size", 256),
+                          layers=[None, *knn.get("blocks", [])]))
     cfg.custom_hooks = hooks
     if cfg.launcher == "none" and not cfg.get("experiment_name"):
         # unique per run, so several runs in one process never share mmengine's named logger/visualiser

@@ -17,7 +17,7 @@ import random
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -186,15 +186,22 @@ def health_metrics(h: torch.Tensor, num_prefix: int = 1) -> dict[str, float]:
 
 @HOOKS.register_module()
 class NepaHealthHook(Hook):
-    """Logs out_std and eff_rank every `interval` steps; marks the run collapsed when out_std stays below
-    `collapse_std` (or eff_rank below `collapse_rank`) for `patience` checks after `min_steps`, and stops it
-    when `stop_on_collapse`. A non-finite gradient norm stops the run before its checkpoint is written."""
+    """Logs out_std and eff_rank every `interval` steps and watches for representation collapse.
+
+    A check is "low" when out_std is below `collapse_std` (absolute), or below `collapse_ratio` times the
+    highest out_std seen so far in the run (the spread fell by that much: the signature of the no-stop-gradient
+    collapse, where outputs and targets drift together towards one vector and the cosine towards 1), or when
+    eff_rank is below `collapse_rank`. After `patience` low checks past `min_steps` the run is marked
+    'collapsed' in final_metrics.json and, when `stop_on_collapse`, stopped. A non-finite gradient norm stops
+    the run before that step's checkpoint is written."""
 
     priority = "NORMAL"  # after the runtime info, before the logger and the checkpoint hook
 
-    def __init__(self, interval: int = 10, collapse_std: float = 0.05, collapse_rank: Optional[float] = None,
-                 patience: int = 3, min_steps: int = 0, stop_on_collapse: bool = True) -> None:
+    def __init__(self, interval: int = 10, collapse_std: float = 0.05, collapse_ratio: Optional[float] = 0.6,
+                 collapse_rank: Optional[float] = None, patience: int = 3, min_steps: int = 0,
+                 stop_on_collapse: bool = True) -> None:
         self.interval, self.collapse_std, self.collapse_rank = interval, collapse_std, collapse_rank
+        self.collapse_ratio = collapse_ratio
         self.patience, self.min_steps, self.stop_on_collapse = patience, min_steps, stop_on_collapse
         self._bad = 0
         self.collapsed = False
@@ -217,12 +224,17 @@ class NepaHealthHook(Hook):
         for k, v in m.items():
             runner.message_hub.update_scalar(f"train/{k}", v)
         step = runner.iter + 1
-        low = m["out_std"] < self.collapse_std or (self.collapse_rank is not None and m["eff_rank"] < self.collapse_rank)
+        ref = max(runner.message_hub.get_info("health/out_std_max", 0.0) or 0.0, m["out_std"])
+        runner.message_hub.update_info("health/out_std_max", ref)  # saved in checkpoints, so resume keeps it
+        low = (m["out_std"] < self.collapse_std
+               or (self.collapse_ratio is not None and m["out_std"] < self.collapse_ratio * ref)
+               or (self.collapse_rank is not None and m["eff_rank"] < self.collapse_rank))
         self._bad = self._bad + 1 if (low and step >= self.min_steps) else 0
         if self._bad >= self.patience and not self.collapsed:
             self.collapsed = True
-            reason = (f"representation collapse at step {step}: output std {m['out_std']:.4g} (threshold "
-                      f"{self.collapse_std}), effective rank {m['eff_rank']:.3g}, for {self.patience} checks")
+            reason = (f"representation collapse at step {step}: output std {m['out_std']:.4g} (highest seen "
+                      f"{ref:.4g}; thresholds {self.collapse_std} absolute, {self.collapse_ratio} x highest), "
+                      f"effective rank {m['eff_rank']:.3g}, for {self.patience} checks")
             print_log(f"[nepa] {reason}" + ("; stopping" if self.stop_on_collapse else ""), logger="current")
             update_final(runner.work_dir, status="collapsed", reason=reason, collapse_step=step)
             if self.stop_on_collapse:
@@ -234,8 +246,10 @@ class NepaHealthHook(Hook):
 # ----------------------------------------------------------------------------------------------
 def knn_eval(backbone: NepaViT, train_data: dict, test_data: dict, k: int = 20, temperature: float = 0.07,
              batch_size: int = 256, num_workers: int = 0, pool: str = "avg",
-             device: Optional[torch.device] = None) -> dict[str, float]:
-    """k-NN top-1/top-5 (percent) of a frozen backbone: features of `train_data` vote for `test_data`."""
+             device: Optional[torch.device] = None, layers: Sequence[Optional[int]] = (None,)) -> dict[str, float]:
+    """k-NN top-1/top-5 (percent) of a frozen backbone: features of `train_data` vote for `test_data`.
+
+    `layers`: None = the final features (knn_top1); an int k adds knn_top1_block{k} from block k's output."""
     from torch.utils.data import DataLoader
 
     from nepa_eval.datasets import ImageDataset, collate
@@ -248,10 +262,15 @@ def knn_eval(backbone: NepaViT, train_data: dict, test_data: dict, k: int = 20, 
                           collate_fn=collate)
 
     train_loader, test_loader = loader(train_data), loader(test_data)
-    ftr, ltr = extract_features(backbone, train_loader, device=device, pool=pool)
-    fte, lte = extract_features(backbone, test_loader, device=device, pool=pool)
-    num_classes = max(len(train_loader.dataset.classes), int(ltr.max()) + 1, int(lte.max()) + 1)
-    return knn_accuracy(ftr, ltr, fte, lte, num_classes, k=k, temperature=temperature)
+    out: dict[str, float] = {}
+    for layer in layers:
+        ftr, ltr = extract_features(backbone, train_loader, device=device, pool=pool, layer=layer)
+        fte, lte = extract_features(backbone, test_loader, device=device, pool=pool, layer=layer)
+        num_classes = max(len(train_loader.dataset.classes), int(ltr.max()) + 1, int(lte.max()) + 1)
+        res = knn_accuracy(ftr, ltr, fte, lte, num_classes, k=k, temperature=temperature)
+        suffix = "" if layer is None else f"_block{layer}"
+        out.update({f"{key}{suffix}": v for key, v in res.items()})
+    return out
 
 
 def _ema_backbone(runner) -> Optional[NepaViT]:
@@ -271,16 +290,19 @@ class KnnMonitorHook(Hook):
     priority = "LOW"
 
     def __init__(self, train_data: dict, test_data: dict, interval: int = 0, k: int = 20,
-                 temperature: float = 0.07, batch_size: int = 256, pool: str = "avg") -> None:
+                 temperature: float = 0.07, batch_size: int = 256, pool: str = "avg",
+                 layers: Sequence[Optional[int]] = (None,)) -> None:
         self.train_data, self.test_data, self.interval = train_data, test_data, interval
         self.k, self.temperature, self.batch_size, self.pool = k, temperature, batch_size, pool
+        self.layers = list(layers)
 
     def _eval(self, runner, backbone: NepaViT) -> dict[str, float]:
         t = time.time()
         res = knn_eval(backbone, self.train_data, self.test_data, self.k, self.temperature, self.batch_size,
-                       pool=self.pool)
-        print_log(f"[nepa] k-NN (k={self.k}, T={self.temperature}): top-1 {res['knn_top1']:.2f}% "
-                  f"({time.time() - t:.1f}s)", logger="current")
+                       pool=self.pool, layers=self.layers)
+        tops = ", ".join(f"{k[len('knn_'):]} {v:.2f}%" for k, v in res.items() if k.startswith("knn_top1"))
+        print_log(f"[nepa] k-NN (k={self.k}, T={self.temperature}): {tops} ({time.time() - t:.1f}s)",
+                  logger="current")
         return res
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:

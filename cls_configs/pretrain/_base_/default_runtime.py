@@ -16,10 +16,11 @@ default_hooks = dict(
     checkpoint=dict(type='NepaCheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
-# NepaHealthHook: loss/cos come from the model; out_std and eff_rank every `interval` steps; collapse -> status
-# 'collapsed' in final_metrics.json and (stop_on_collapse) the run stops.
-health = dict(type='NepaHealthHook', interval=log_interval, collapse_std=0.05, patience=3, min_steps=0,
-              stop_on_collapse=True)
+# NepaHealthHook: loss/cos come from the model; out_std and eff_rank every `interval` steps. Collapse (out_std
+# below 0.05, or below 0.6 x the highest out_std of the run, for 3 checks) -> status 'collapsed' in
+# final_metrics.json and, with stop_on_collapse, the run stops.
+health = dict(type='NepaHealthHook', interval=log_interval, collapse_std=0.05, collapse_ratio=0.6, patience=3,
+              min_steps=0, stop_on_collapse=True)
 custom_hooks = []
 
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -3,4 +3,4 @@
 # weights, 'ema_state_dict' the raw ones; the weight door returns the raw ones, ema=True the EMA ones) and
 # the k-NN monitor (interval 0 = only at the end).
 ema = dict(enable=True, momentum=1e-4)  # decay 0.9999
-knn = dict(enable=True, interval=0, k=20, temperature=0.07, batch_size=256)
+knn = dict(enable=True, interval=0, k=20, temperature=0.07, batch_size=256, blocks=[])  # blocks: also score these blocks' outputs
