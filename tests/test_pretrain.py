@@ -201,3 +201,25 @@ def test_bench_pretrain_prints_a_table(capsys):
     cells = [c.strip() for c in rows[0].split("|")]
     ips, mem = float(cells[6]), float(cells[8])
     assert ips > 0 and math.isfinite(ips) and mem >= 0
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+def test_release_recipe_builds_and_steps_on_cpu(tmp_path):
+    """nepa_b_release.py (bf16, EMA 0.9999, accumulation 4) shrunk to two steps on the CPU: the recipe's
+    hooks, constructor and schedule are real; bf16 falls back to float32 without a GPU."""
+    wd = tmp_path / "b"
+    rc = run_cli(["pretrain", "--config", "cls_configs/pretrain/nepa_b_release.py", "--work-dir", str(wd),
+                  "--cfg-options", "model.backbone.embed_dim=32", "model.backbone.depth=1",
+                  "model.backbone.num_heads=2", "model.backbone.img_size=28", "model.backbone.patch_size=7",
+                  "train_dataloader.dataset.source=fashion_mnist", "train_dataloader.dataset.root=None",
+                  "train_dataloader.dataset.transform.img_size=28", "train_dataloader.batch_size=4",
+                  "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+                  "train_dataloader.pin_memory=False", "train_cfg.max_iters=8", "knn.enable=False",
+                  "default_hooks.logger.interval=4", "health.interval=4"])
+    assert rc == 0
+    final = json.loads((wd / "final_metrics.json").read_text())
+    assert final["status"] == "ok" and final["effective_batch"] == 16  # 4 x 1 process x 4 accumulation steps
+    assert final["lr"] == pytest.approx(3e-4 * 16 / 256)
+    cfg = Config.fromfile(str(wd / "config.py"))
+    assert cfg.optim_wrapper.accumulative_counts == 4 and cfg.optim_wrapper.type == "OptimWrapper"
+    assert any(h["type"] == "EMAHook" and h["momentum"] == 1e-4 for h in cfg.custom_hooks)

@@ -22,6 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_runner_args(p, default_config=DEFAULT_CONFIG)
 
 
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
 def build_cfg(args: argparse.Namespace):
     """The config with every derived value resolved: lr from the batch, the schedule, the hooks, the backend."""
     import torch
@@ -46,6 +52,13 @@ def build_cfg(args: argparse.Namespace):
                           temperature=knn.get("temperature", 0.07), batch_size=knn.get("batch_size", 256),
                           layers=[None, *knn.get("blocks", [])]))
     cfg.custom_hooks = hooks
+    vis = cfg.get("visualizer")
+    if vis is not None and not _tensorboard_available():
+        backends = [b for b in vis.get("vis_backends", []) if b.get("type") != "TensorboardVisBackend"]
+        if len(backends) != len(vis.get("vis_backends", [])):
+            print("[nepa] tensorboard is not installed: TensorBoard scalars off (pip install tensorboard)",
+                  file=sys.stderr)
+            vis.vis_backends = backends
     if cfg.launcher == "none" and not cfg.get("experiment_name"):
         # unique per run, so several runs in one process never share mmengine's named logger/visualiser
         cfg.experiment_name = f"{Path(cfg.work_dir).name}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
