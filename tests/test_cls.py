@@ -298,12 +298,14 @@ def _free_port():
 @pytest.mark.slow
 def test_two_process_gloo(tmp_path):
     """torchrun, 2 CPU processes (gloo): the data is sharded (half the steps), and the distributed evaluation of
-    45 images (padded to 46 by the sampler) equals a 1-process evaluation of the saved best (EMA) checkpoint."""
+    45 images (padded to 46 by the sampler) equals a 1-process evaluation of the saved checkpoint (model and EMA)."""
     import os
     import subprocess
     import sys
 
-    cfg = tiny_config(tmp_path, train=32, val=45, bs=8, epochs=1, deterministic=True)
+    cfg = tiny_config(tmp_path, train=32, val=45, bs=8, epochs=3, deterministic=True,
+                      extra="custom_hooks = [dict(type='LayerDecayLRHook', warmup=1, rate=0.65),"
+                            " dict(type='EMAHook', momentum=0.3), dict(type='ClsRecordHook')]\n")
     wd = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
@@ -311,9 +313,38 @@ def test_two_process_gloo(tmp_path):
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     f = final(wd)
-    assert f["status"] == "ok" and f["steps"] == 2  # 32 images / 2 processes / batch 8
-    best = next(wd.glob("best_ema_top1_*.pth"))
-    ev = tmp_path / "ev"
-    assert cli(["cls", "--ckpt", str(best), "--config", cfg, "--eval-only", "--work-dir", str(ev)]) == 0
-    assert final(ev)["top1"] == pytest.approx(f["ema_top1"])
-    assert final(ev)["top5"] == pytest.approx(f["ema_top5"])
+    assert f["status"] == "ok" and f["steps"] == 6  # 3 epochs x 32 images / 2 processes / batch 8
+    last = wd / "epoch_3.pth"  # the final metrics are those of the last epoch
+    for ema, prefix in ((False, ""), (True, "ema_")):
+        ev = tmp_path / f"ev{prefix}"
+        assert cli(["cls", "--ckpt", str(last), "--config", cfg, "--eval-only", "--work-dir", str(ev)]
+                   + (["--ema"] if ema else [])) == 0
+        assert final(ev)["top1"] == pytest.approx(f[prefix + "top1"])
+        assert final(ev)["top5"] == pytest.approx(f[prefix + "top5"])
+    from backbones.nepa import from_pretrained
+
+    raw, ema = (from_pretrained(last, ema=e, verbose=False).head.weight for e in (False, True))
+    assert not torch.allclose(raw, ema)  # the two evaluations saw different weights
+
+
+def test_folder_and_hf_data_sources(tmp_path):
+    """--data with an ImageFolder tree and with a saved Hugging Face dataset: the class count comes from the data."""
+    datasets = pytest.importorskip("datasets")
+    folder = _folder(tmp_path / "folder", classes=3, per_class=4)
+    wd = tmp_path / "f"
+    assert cli(["cls", "--ckpt", "none", "--config", tiny_config(tmp_path, bs=4), "--data", str(folder),
+                "--work-dir", str(wd)]) == 0
+    f = final(wd)
+    assert f["status"] == "ok" and f["num_classes"] == 3 and f["steps"] == 3  # 12 images / batch 4
+
+    rng = np.random.default_rng(0)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c", "d"])})
+    split = lambda n: datasets.Dataset.from_dict(  # noqa: E731
+        {"image": [Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)) for _ in range(n)],
+         "label": [i % 4 for i in range(n)]}, features=feats)
+    datasets.DatasetDict(train=split(8), validation=split(6)).save_to_disk(str(tmp_path / "hf"))
+    wd = tmp_path / "h"
+    assert cli(["cls", "--ckpt", "none", "--config", tiny_config(tmp_path, bs=4), "--data", str(tmp_path / "hf"),
+                "--work-dir", str(wd)]) == 0
+    f = final(wd)
+    assert f["status"] == "ok" and f["num_classes"] == 4 and f["steps"] == 2

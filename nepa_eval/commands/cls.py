@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "with save_to_disk, or 'fashion_mnist' (built in)")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the checkpoint's own classifier on the validation split, no training")
+    p.add_argument("--ema", action="store_true",
+                   help="take the checkpoint's EMA weights (mmengine EMAHook runs, the release's pytorch_model_ema.bin)")
     add_runner_args(p)
 
 
@@ -144,8 +146,7 @@ def main(args: argparse.Namespace) -> int:
                          f"{num_classes} classes")
 
     if ckpt is not None:  # fail early and clearly on a file that is not a NEPA checkpoint
-        probe = build_backbone({}, ckpt, num_classes=None, verbose=False) if args.eval_only else \
-            build_backbone({}, ckpt, num_classes=0, verbose=False)
+        probe = build_backbone({}, ckpt, num_classes=None if args.eval_only else 0, verbose=False, ema=args.ema)
         if args.eval_only:
             if probe.num_classes == 0:
                 raise ValueError(f"--eval-only: {ckpt} is a backbone without a classifier head; fine-tune it "
@@ -158,6 +159,7 @@ def main(args: argparse.Namespace) -> int:
                                  f"({', '.join(probe.load_report.missing[:6])}); cannot evaluate it as is")
         del probe
     cfg.model.ckpt = ckpt
+    cfg.model.ckpt_ema = bool(args.ema)
     cfg.model.num_classes = num_classes
     os.makedirs(cfg.work_dir, exist_ok=True)
 
@@ -208,7 +210,7 @@ def run_eval_only(cfg) -> int:
     for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
         cfg.pop(key, None)
     cfg.test_dataloader = cfg.val_dataloader
-    update_final(cfg.work_dir, task="cls", protocol="eval-only", ckpt=cfg.model.ckpt, steps=0)
+    update_final(cfg.work_dir, task="cls", protocol="eval-only", ckpt=cfg.model.ckpt, ema=cfg.model.ckpt_ema, steps=0)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     update_final(cfg.work_dir, status="ok", top1=metrics.get("top1"), top5=metrics.get("top5"), steps=0)
@@ -229,14 +231,15 @@ def run_knn(cfg, ckpt: str) -> int:
     if not is_main_process():
         return 0
     runtime = {k: v for k, v in (cfg.model.get("backbone") or {}).items() if k in RUNTIME_FIELDS}
-    model = build_backbone(runtime, ckpt, num_classes=0).eval()
+    model = build_backbone(runtime, ckpt, num_classes=0, ema=bool(cfg.model.get("ckpt_ema"))).eval()
     knn_cfg = {"k": 20, "temperature": 0.07, **(cfg.get("knn") or {})}
     cfg.dump(str(Path(cfg.work_dir) / "config.py"))
     update_final(cfg.work_dir, task="cls", protocol="knn", status="running", ckpt=ckpt, **knn_cfg)
     feats = []
+    eval_tf = cfg.val_dataloader.dataset.get("transform")
     for name in ("train_dataloader", "val_dataloader"):
-        lc = cfg[name]
-        ds = ImageDataset(**{k: v for k, v in lc.dataset.items() if k != "type"})
+        lc = cfg[name]  # the memory bank is encoded like the queries: eval transform, no augmentation
+        ds = ImageDataset(**{k: v for k, v in lc.dataset.items() if k not in ("type", "transform")}, transform=eval_tf)
         loader = torch.utils.data.DataLoader(ds, batch_size=lc.get("batch_size", 256), shuffle=False,
                                              num_workers=lc.get("num_workers", 0), collate_fn=collate)
         feats.append(extract_features(model, loader))

@@ -29,7 +29,7 @@ _datasets.register()
 
 
 def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, num_classes: Optional[int] = 0,
-                   verbose: bool = True) -> NepaViT:
+                   verbose: bool = True, ema: bool = False) -> NepaViT:
     """A NepaViT with a `num_classes` head: from a checkpoint (its architecture, config run-time fields on top)
     or randomly initialised from `backbone` (``size`` plus any NepaConfig fields)."""
     kw = dict(backbone or {})
@@ -37,7 +37,7 @@ def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, 
     if ckpt:
         overrides = {k: kw[k] for k in RUNTIME_FIELDS if k in kw}
         try:
-            model = from_pretrained(ckpt, num_classes=num_classes, verbose=verbose, **overrides)
+            model = from_pretrained(ckpt, ema=ema, num_classes=num_classes, verbose=verbose, **overrides)
         except CheckpointError as e:
             if str(ckpt) in str(e):
                 raise
@@ -59,20 +59,21 @@ class NepaClassifier(BaseModel):
     """NEPA ViT + the release's head, trained with timm's Mixup/CutMix, label smoothing and soft-target CE.
 
     backbone: ``size`` (tiny/small/base/large) and NepaConfig fields (``causal``, ``drop_path_rate``, ...);
-    with `ckpt` the architecture comes from the checkpoint and only run-time fields apply.
+    with `ckpt` the architecture comes from the checkpoint and only run-time fields apply; `ckpt_ema` takes the
+    checkpoint's EMA weights where it holds both.
     freeze_patch_embed: freeze the patch projection (the release does). linear_probe: freeze the whole
     backbone and train a plain Linear on the pooled features (no fc_norm, no BatchNorm).
     """
 
     def __init__(self, num_classes: int, backbone: Optional[dict] = None, ckpt: Optional[str] = None,
-                 freeze_patch_embed: bool = False, linear_probe: bool = False, mixup: Optional[dict] = None,
-                 label_smoothing: float = 0.0, data_preprocessor: Optional[dict] = None,
+                 ckpt_ema: bool = False, freeze_patch_embed: bool = False, linear_probe: bool = False,
+                 mixup: Optional[dict] = None, label_smoothing: float = 0.0, data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.backbone = build_backbone(backbone, ckpt, num_classes)
+        self.backbone = build_backbone(backbone, ckpt, num_classes, ema=ckpt_ema)
         self.linear_probe = linear_probe
         if linear_probe:
             self.backbone.requires_grad_(False)
