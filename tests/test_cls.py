@@ -84,10 +84,11 @@ def test_configs_hold_the_release_recipe():
     b = Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-b_in1k.py"))
     l_ = Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-l_in1k.py"))
     for c, lr, warm, dp, crop, size in ((b, 6e-3, 20, 0.1, 0.875, "base"), (l_, 4e-3, 30, 0.2, 0.95, "large")):
+        assert c.model.backbone.model_name == f"nepa_{size}_patch14_224"
         hook = next(h for h in c.custom_hooks if h["type"] == "LayerDecayLRHook")
         ema = next(h for h in c.custom_hooks if h["type"] == "EMAHook")
         assert c.optim_wrapper.optimizer.lr == lr and hook["warmup_epochs"] == warm
-        assert c.model.backbone.drop_path_rate == dp and c.model.backbone.size == size
+        assert c.model.backbone.drop_path_rate == dp
         assert c.val_dataloader.dataset.transform.crop_pct == crop
         assert ema["momentum"] == pytest.approx(1e-4)  # mmengine: momentum = 1 - 0.9999
         assert (hook["rate"], hook["rate_end"], hook["ramp"]) == (0.35, 1.0, "linear") == tuple(c.layer_decay.values())
@@ -348,3 +349,14 @@ def test_folder_and_hf_data_sources(tmp_path):
                 "--work-dir", str(wd)]) == 0
     f = final(wd)
     assert f["status"] == "ok" and f["num_classes"] == 4 and f["steps"] == 2
+
+
+def test_random_init_through_timm_registry():
+    """Without a checkpoint, `model_name` builds the timm-registered NEPA model with the run's settings."""
+    m = NepaClassifier(num_classes=5, backbone=dict(model_name="nepa_tiny_patch16_224", img_size=32, causal=True,
+                                                    drop_path_rate=0.2))
+    bb = m.backbone
+    assert isinstance(bb, NepaViT) and bb.embed_dim == 192 and len(bb.blocks) == 12 and bb.patch_size == 16
+    assert bb.causal and bb.num_classes == 5 and bb.blocks[-1].drop_path.p == pytest.approx(0.2)
+    assert bb.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)  # built by timm, with its pretrained_cfg
+    assert m(torch.randn(2, 3, 32, 32), mode="tensor").shape == (2, 5)

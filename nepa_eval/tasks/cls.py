@@ -31,9 +31,10 @@ _datasets.register()
 def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, num_classes: Optional[int] = 0,
                    verbose: bool = True, ema: bool = False) -> NepaViT:
     """A NepaViT with a `num_classes` head: from a checkpoint (its architecture, config run-time fields on top)
-    or randomly initialised from `backbone` (``size`` plus any NepaConfig fields)."""
+    or randomly initialised from `backbone`: ``model_name`` (a timm name, e.g. nepa_base_patch14_224) or ``size``,
+    plus any NepaConfig fields."""
     kw = dict(backbone or {})
-    size = kw.pop("size", None)
+    size, model_name = kw.pop("size", None), kw.pop("model_name", None)
     if ckpt:
         overrides = {k: kw[k] for k in RUNTIME_FIELDS if k in kw}
         try:
@@ -47,6 +48,10 @@ def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, 
                                   f"found: {type(e).__name__} {e}). Give a NEPA pretraining or fine-tuning "
                                   "checkpoint, or a release model directory.") from e
         return model.train()
+    if model_name is not None:  # the timm-registered model (importing backbones registers nepa_*)
+        import timm
+
+        return timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kw)
     if size is not None:
         if size not in SIZES:
             raise ValueError(f"backbone size {size!r} unknown; choose from {sorted(SIZES)}")
@@ -58,7 +63,7 @@ def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, 
 class NepaClassifier(BaseModel):
     """NEPA ViT + the release's head, trained with timm's Mixup/CutMix, label smoothing and soft-target CE.
 
-    backbone: ``size`` (tiny/small/base/large) and NepaConfig fields (``causal``, ``drop_path_rate``, ...);
+    backbone: ``model_name`` (timm) or ``size``, and NepaConfig fields (``causal``, ``drop_path_rate``, ...);
     with `ckpt` the architecture comes from the checkpoint and only run-time fields apply; `ckpt_ema` takes the
     checkpoint's EMA weights where it holds both.
     freeze_patch_embed: freeze the patch projection (the release does). linear_probe: freeze the whole

@@ -3,7 +3,7 @@ model = dict(
     type='NepaClassifier',
     num_classes=None,  # None: taken from the data; a number must match it
     ckpt=None,         # set by `nepa-eval cls --ckpt PATH`
-    backbone=dict(size='base', patch_size=14, img_size=224, causal=False, drop_path_rate=0.1, rope_rescale=2.0),
+    backbone=dict(model_name='nepa_base_patch14_224', img_size=224, causal=False, drop_path_rate=0.1, rope_rescale=2.0),
     freeze_patch_embed=True,
     mixup=dict(mixup_alpha=0.8, cutmix_alpha=1.0),
     label_smoothing=0.1,

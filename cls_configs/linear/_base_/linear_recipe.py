@@ -4,7 +4,7 @@ model = dict(
     type='NepaClassifier',
     num_classes=None,
     ckpt=None,
-    backbone=dict(size='base', patch_size=14, img_size=224),  # attention mode: the checkpoint's
+    backbone=dict(model_name='nepa_base_patch14_224', img_size=224),  # attention mode: the checkpoint's
     linear_probe=True,
 )
 layer_decay = dict(rate=1.0, rate_end=None, ramp='constant')  # only the head trains: no decay to apply
