@@ -143,6 +143,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     p.add_argument("--fp32-only", action="store_true", help="skip bf16 autocast (slow on CPUs without bf16 units)")
+    p.add_argument("--seg-size", type=int, default=512, help="seg: crop size (default 512, ADE20K's)")
+    p.add_argument("--seg-batch", type=int, default=2, help="seg: images per iteration (default 2; UPerNet's BN needs 2)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,6 +1,8 @@
 """NEPA inside mmseg's UPerNet: feature maps and padding, the configs, weights, inference modes, layer decay,
 bad input. End-to-end runs (CLI, resume, mmseg's tools/train.py) are in test_seg_run.py."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,7 +257,7 @@ def test_layer_decay_groups_of_the_segmentor(tiny_segmentor):
     named = dict(model.named_parameters())
     expect = {"backbone.patch_embed.proj.weight": rate ** L, "backbone.cls_token": rate ** L,
               "backbone.blocks.0.attn.qkv.weight": rate ** (L - 1), "backbone.blocks.3.mlp.fc1.weight": 1.0,
-              "decode_head.conv_seg.weight": 1.0, "neck.upsample_4x.0.weight": 1.0,
+              "decode_head.conv_seg.weight": 1.0, "neck.upsample_2x.0.weight": 1.0,
               "auxiliary_head.conv_seg.weight": 1.0}
     for name, scale in expect.items():
         g = by_name[id(named[name])]
@@ -326,3 +328,41 @@ def test_reading_a_checkpoint_keeps_the_registered_safe_globals(tiny_ckpt):
     before = len(torch.serialization.get_safe_globals())
     read_torch_file(tiny_ckpt[1])  # mmengine's resume after this must still find HistoryBuffer allowed
     assert len(torch.serialization.get_safe_globals()) == before
+
+
+VOC = Path(os.environ.get("NEPA_LABELME_VOC", Path.home() / ".cache/nepa-eval/labelme/data_dataset_voc"))
+
+
+def test_real_voc_photos_run_through_inference(tmp_path):
+    """Smoke: labelme's three Pascal VOC photos (GPL archive, used as inputs only, never committed) through the
+    B config's test path (ADE test pipeline, slide 512/341, and whole) with a small random 21-class segmentor."""
+    if not (VOC / "JPEGImages").is_dir():
+        pytest.skip(f"VOC photos not found at {VOC}: pip download --no-deps --no-binary :all: labelme==6.3.1, untar, "
+                    "and point NEPA_LABELME_VOC at examples/semantic_segmentation/data_dataset_voc")
+    import shutil
+
+    from nepa_eval.tasks.seg import predict
+
+    root = tmp_path / "voc" / "ADEChallengeData2016"
+    for sub, src, ext in (("images", "JPEGImages", "jpg"), ("annotations", "SegmentationClass", "png")):
+        (root / sub / "validation").mkdir(parents=True)
+        for f in sorted((VOC / src).glob(f"*.{ext}")):
+            shutil.copy(f, root / sub / "validation")
+    assert check_seg_root(root.parent, 21, False, splits=("validation",)) == {"validation": 3}
+    cfg_path = tmp_path / "voc_tiny.py"
+    cfg_path.write_text(
+        f"_base_ = ['{B_CFG}']\n"
+        f"model = dict(backbone=dict(arch=dict(_delete_=True, **{ARCH14!r}), drop_path_rate=0.0),\n"
+        "    neck=dict(embed_dim=32), decode_head=dict(in_channels=[32] * 4, channels=16, num_classes=21),\n"
+        "    auxiliary_head=dict(in_channels=32, channels=8, num_classes=21))\n")
+    init_default_scope("mmseg")
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(cfg_path)).model)
+    ckpt = tmp_path / "seg.pth"
+    torch.save({"meta": {}, "state_dict": model.state_dict()}, ckpt)
+    photos = sorted(str(p) for p in (root / "images" / "validation").glob("*.jpg"))
+    for mode in ("config", "whole"):  # the config's slide 512/341 after its resize to 512 short side, then whole
+        preds = predict(str(cfg_path), str(ckpt), photos, inference=None if mode == "config" else "whole")
+        for photo, pred in zip(photos, preds):
+            w, h = Image.open(photo).size
+            assert pred.shape == (h, w) and int(pred.max()) < 21

@@ -89,7 +89,7 @@ def checkpoint_prefix(keys: Sequence[str]) -> Optional[str]:
     return None
 
 
-def image_grid(size: int, stride: int) -> int:
+def image_grid(size: int, stride: float) -> int:
     """Cells of the output grid along one side: the image extent in strides, rounded up to an even number."""
     return 2 * math.ceil(size / (2 * stride))
 
@@ -120,7 +120,7 @@ class NepaBackbone(NepaViT):
     """
 
     def __init__(self, arch: str | dict = "base", out_indices: Optional[Sequence[int]] = None, causal: bool = False,
-                 drop_path_rate: float = 0.1, out_norm: bool = False, out_stride: Optional[int] = None,
+                 drop_path_rate: float = 0.1, out_norm: bool = False, out_stride: Optional[float] = None,
                  align: bool = True, grad_checkpointing: bool = False, pretrained: Optional[str] = None,
                  init_cfg: Optional[dict | list] = None, **overrides: Any) -> None:
         checkpoint, prefix = self._checkpoint_from(pretrained, init_cfg)

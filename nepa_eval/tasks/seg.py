@@ -331,9 +331,16 @@ def _bench_one(config: str, batch: int, size: int, warmup: int, iters: int, devi
 
     torch.manual_seed(0)
     init_default_scope("mmseg")
+    if config.startswith("mmseg::"):
+        import mmseg
+
+        config = str(Path(mmseg.__file__).parent / ".mim" / "configs" / config[len("mmseg::"):])
     cfg = Config.fromfile(config)
     cfg.model.pretrained = None
     cfg.model.backbone.pop("init_cfg", None)
+    cfg.model.data_preprocessor.size = (size, size)
+    if cfg.model.backbone.type == "MAE":
+        cfg.model.backbone.img_size = (size, size)  # mmseg's MAE takes only its fixed input size
     model = revert_sync_batchnorm(MODELS.build(cfg.model)).to(device).train()
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     g = torch.Generator().manual_seed(0)
