@@ -352,7 +352,7 @@ def test_real_voc_photos_run_through_inference(tmp_path):
     cfg_path = tmp_path / "voc_tiny.py"
     cfg_path.write_text(
         f"_base_ = ['{B_CFG}']\n"
-        f"model = dict(backbone=dict(arch=dict(_delete_=True, **{ARCH14!r}), drop_path_rate=0.0),\n"
+        f"model = dict(backbone=dict(arch=dict(_delete_=True, **{ARCH14!r}), out_indices=[0, 1, 2, 3], drop_path_rate=0.0),\n"
         "    neck=dict(embed_dim=32), decode_head=dict(in_channels=[32] * 4, channels=16, num_classes=21),\n"
         "    auxiliary_head=dict(in_channels=32, channels=8, num_classes=21))\n")
     init_default_scope("mmseg")

@@ -21,7 +21,7 @@ from nepa_eval.engine import read_final, read_scalars  # noqa: E402
 from nepa_eval.seg_data import make_mosaic  # noqa: E402
 
 TINY = "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"
-TINY_ARCH = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=4, rope_rescale=None)
+TINY_ARCH = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, rope_rescale=None)
 FAST = ["train_dataloader.batch_size=4", "val_dataloader.batch_size=8", "test_dataloader.batch_size=8",
         "model.decode_head.channels=16", "model.auxiliary_head.channels=8"]
 

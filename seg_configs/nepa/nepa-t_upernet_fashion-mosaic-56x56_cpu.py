@@ -1,6 +1,6 @@
 # A CPU-sized NEPA + UPerNet on the Fashion-MNIST mosaic set (minutes on 2 cores): the NEPA-B recipe's model,
 # schedule and layer decay, scaled down. The backbone is the tiny NEPA of cls_configs/pretrain/nepa_tiny_fmnist.py
-# (D 128, 4 blocks, patch 4), so its pretraining checkpoint loads here:
+# (D 128, 4 blocks, patch 7), so its pretraining checkpoint loads here:
 #   nepa-eval make-data mosaic --out data/fashion_mosaic
 #   nepa-eval seg --config seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py \
 #       --ckpt work_dirs/pretrain/nepa_tiny_fmnist/<checkpoint> --data-root data/fashion_mosaic
@@ -15,12 +15,10 @@ data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        arch=dict(_delete_=True, embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=4, rope_rescale=None),
+        arch=dict(_delete_=True, embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, rope_rescale=None),
         out_indices=[0, 1, 2, 3],
-        drop_path_rate=0.0,
-        out_stride=3.5),  # 14 x 14 tokens at 56 px resampled to 16 x 16, so the levels below are 32, 16, 8, 4
-    # strides 1.75 to 14 px: patch 4 is already fine, a 4x level (1 px) would only cost time
-    neck=dict(embed_dim=128, rescales=[2, 1, 0.5, 0.25], norm_cfg=norm_cfg),
+        drop_path_rate=0.0),  # 56 px / patch 7 = 8 x 8 tokens -> levels 32, 16, 8, 4 (strides 1.75 to 14 px)
+    neck=dict(embed_dim=128, norm_cfg=norm_cfg),
     decode_head=dict(in_channels=[128, 128, 128, 128], channels=32, num_classes=11, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=128, channels=16, num_classes=11, norm_cfg=norm_cfg),
     test_cfg=dict(mode='whole'))
