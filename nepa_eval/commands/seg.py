@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate only: the segmentor checkpoint --ckpt, or the last checkpoint in --work-dir")
     p.add_argument("--inference", choices=["config", "slide", "whole"], default="config",
                    help="test-time mode: the config's (default), sliding windows (crop, 2/3 stride) or whole image")
-    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 + loss scale on a GPU, bf16 on a CPU)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on a GPU (fp16, dynamic loss scale, as mmseg's --amp); ignored on a CPU")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -191,17 +191,17 @@ def _sync_layer_decay(cfg: Config) -> None:
 
 
 def _enable_amp(cfg: Config) -> None:
-    """As mmseg's tools/train.py --amp: fp16 with a dynamic loss scale on a GPU; bf16 autocast on a CPU."""
+    """As mmseg's tools/train.py --amp (fp16, dynamic loss scale); mmengine's AmpOptimWrapper needs a GPU."""
     ow = cfg.optim_wrapper
     if ow.get("type") == "AmpOptimWrapper":
         return
     if ow.get("type", "OptimWrapper") != "OptimWrapper":
         raise ValueError(f"--amp needs optim_wrapper.type 'OptimWrapper', got {ow.get('type')!r}")
+    if not torch.cuda.is_available():
+        print("[nepa] seg: --amp ignored: mmengine's AmpOptimWrapper needs a GPU; training in float32", file=sys.stderr)
+        return
     ow.type = "AmpOptimWrapper"
-    if torch.cuda.is_available():
-        ow.loss_scale = "dynamic"
-    else:
-        ow.dtype = "bfloat16"
+    ow.loss_scale = "dynamic"
 
 
 def _last_checkpoint(work_dir: str) -> str:
