@@ -4,7 +4,9 @@
 _base_ = ['./_base_/nepa-b_recipe.py', './_base_/datasets/fashion_mnist.py', './_base_/default_runtime.py']
 model = dict(
     backbone=dict(_delete_=True, embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, img_size=28,
-                  causal=False, drop_path_rate=0.1, rope_rescale=2.0),
+                  causal=False, drop_path_rate=0.1,
+                  rope_rescale=None),  # as its pretraining config: a backbone pretrained without RoPE coordinate
+                  # jitter loses its head start when fine-tuned with it (measured: EMA top-1 50.3 vs 58.5)
     mixup=dict(mixup_alpha=0.0, cutmix_alpha=0.0),  # off: a few hundred steps are too short for Mixup/CutMix
 )
 layer_decay = dict(rate=0.35, rate_end=1.0, ramp='linear')
