@@ -138,3 +138,13 @@ def test_tiny_core_row_end_to_end(tmp_path, monkeypatch):
     run = tmp_path / "wd" / "tiny" / "core" / "full" / "pretrain"
     mtime = (run / "final_metrics.json").stat().st_mtime
     assert cli_main(argv) == 0 and (run / "final_metrics.json").stat().st_mtime == mtime
+
+
+def test_a_command_that_dies_early_is_a_failed_run(tmp_path, monkeypatch):
+    """A stage that exits before writing its run directory (bad arguments) shows as 'fail' with its error."""
+    monkeypatch.chdir(tmp_path)
+    status = ablate.run_stage(["seg", "--config", "no_such_config.py", "--work-dir", "wd/x"], tmp_path / "wd" / "x",
+                              "bad", quiet=True)
+    assert status == "failed"
+    final = json.loads((tmp_path / "wd" / "x" / "final_metrics.json").read_text())
+    assert final["task"] == "seg" and final["status"] == "failed" and "no_such_config" in final["reason"]

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from mmengine.config import DictAction
 
-from nepa_eval.engine import ROOT, read_final
+from nepa_eval.engine import ROOT, read_final, update_final
 from nepa_eval.report import Row, TableSpec, list_tables, load_spec, read_config, run_report, scalars_of
 
 REUSE = ("ok", "collapsed", "diverged")  # finished runs; "failed" (a crash) and "running" (killed) run again
@@ -160,9 +160,12 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) ->
     if proc.returncode != 0 and status in ("ok", "running"):
         status = "failed"
     if status == "failed":
-        tail = log.read_text().splitlines()[-15:]
+        tail = [line for line in log.read_text().splitlines() if line.strip()][-15:]
         print(f"[nepa] {desc} failed (exit {proc.returncode}); last lines of {log}:\n  " + "\n  ".join(tail),
               file=sys.stderr)
+        if final.get("status") != "failed":  # a command that stopped before its run directory said so
+            update_final(run_dir, task=argv[0], status="failed",
+                         reason=(tail[-1] if tail else f"exit {proc.returncode}")[:300])
     return status
 
 
