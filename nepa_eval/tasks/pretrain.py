@@ -471,7 +471,7 @@ def bench_pretrain(args: Any) -> None:
     dtypes = {"float32": None} if (dev.type == "cpu" and args.fp32_only) else {"float32": None, "bf16": torch.bfloat16}
     print(f"# NEPA pretraining step (forward, loss, backward, grad clip, AdamW), {dev.type}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; peak memory: CUDA allocator on GPU, resident-set "
-          "growth during one step on CPU")
+          "growth during the first step (weights, activations, AdamW state) on CPU")
     print("| model | input | batch | dtype | params (M) | img/s | ms/step | peak mem (MiB) |")
     print("|---|---|---|---|---|---|---|---|")
     for size in sizes:
@@ -494,8 +494,11 @@ def bench_pretrain(args: Any) -> None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
+            # CPU: the first step's resident-set growth (allocator caches hide later steps' peaks); it also warms up
+            mem = cpu_peak_memory(step) if dev.type != "cuda" else None
             sec = time_fn(step, dev, args.warmup, args.iters)
-            mem = peak_memory(step, dev) if dev.type == "cuda" else cpu_peak_memory(step)
+            if dev.type == "cuda":
+                mem = peak_memory(step, dev)
             n = sum(p.numel() for p in model.parameters()) / 1e6
             name = f"{size} (D {bcfg['embed_dim']}, depth {bcfg['depth']})"
             print(f"| {name} | {bcfg['img_size']}px / p{bcfg['patch_size']} | {batch} | {dname} | {n:.2f} | "
