@@ -86,8 +86,8 @@ def test_failed_run_and_most_specific_row(tmp_path):
     """Imagenet table: a crashed run is 'fail'; a Large run goes to the Large row, not to the Base one."""
     root = tmp_path / "runs"
     make_run(root / "b", "cls", dict(model=dict(backbone=dict(causal=False))), metrics=dict(top1=83.1))
-    make_run(root / "l", "cls", dict(model=dict(backbone=dict(causal=False, size="large"))), metrics=dict(top1=85.0))
-    make_run(root / "b_causal", "cls", dict(model=dict(backbone=dict(causal=True, size="base"))), status="failed",
+    make_run(root / "l", "cls", dict(model=dict(backbone=dict(causal=False, model_name="nepa_large_patch14_224"))), metrics=dict(top1=85.0))
+    make_run(root / "b_causal", "cls", dict(model=dict(backbone=dict(causal=True, model_name="nepa_base_patch14_224"))), status="failed",
              reason="RuntimeError: boom")
     _, results = report.run_report([str(root)], ["imagenet"], tmp_path / "out")
     rows = read_csv(tmp_path / "out" / "imagenet.csv")

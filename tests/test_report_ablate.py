@@ -31,7 +31,7 @@ def test_paper_scale_large_rows_and_required_ckpt(tmp_path):
     text = script.read_text()
     assert text.count("$TORCHRUN") == 4 and "NEPA_L_CKPT" in text and "mae" not in text.lower().split("report")[0]
     cfg = Config.fromfile(str(script.parent / "configs" / "nepa_l_causal_cls.py"))
-    assert cfg.model.backbone.causal is True and cfg.model.backbone.size == "large"
+    assert cfg.model.backbone.causal is True and cfg.model.backbone.model_name == "nepa_large_patch14_224"
 
 
 def _args(tmp_path, **kw):
@@ -78,7 +78,7 @@ def test_tiny_scale_runs_rows_then_reports(tmp_path, monkeypatch):
     assert cli_main(["ablate", "core", "--work-dir", "wd", "--out", str(out), "--quiet"]) == 0
     assert [c[0] for c in calls] == ["pretrain"] * 4  # tiny core: the k-NN of each pretraining
     assert calls[3][calls[3].index("--config") + 1] == "cls_configs/pretrain/nepa_tiny_fmnist.py"
-    assert "model.stop_grad=False" in calls[3] and "train_cfg.max_iters=300" in calls[3]
+    assert "model.stop_grad=False" in calls[3] and "knn_test.limit=2000" in calls[3]
     csv_text = (out / "core.csv").read_text()
     assert "no_stop_grad,no stop-gradient,fail,fail,,fail,yes" in csv_text
     assert (out / "core_table.png").is_file() and (out / "summary.md").is_file()
