@@ -301,6 +301,9 @@ def predict(config: str, checkpoint: str, images: list[str], inference: Optional
     cfg.model.backbone.init_cfg = None
     if inference == "whole":
         cfg.model.test_cfg = dict(mode="whole")
+    elif inference == "slide":
+        crop = tuple(cfg.get("crop_size", (512, 512)))
+        cfg.model.test_cfg = dict(mode="slide", crop_size=crop, stride=tuple(int(round(c * 2 / 3)) for c in crop))
     model = init_model(cfg, None, device=device)
     check_segmentor_checkpoint(model, checkpoint)
     from mmengine.runner import load_checkpoint
