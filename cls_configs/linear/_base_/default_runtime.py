@@ -1,25 +1,6 @@
-# Runtime of the frozen-feature protocols (linear probe, k-NN).
-custom_imports = dict(imports=['nepa_eval.tasks.cls'], allow_failed_imports=False)
-default_scope = None
+# Runtime of the frozen-feature protocols (linear probe, k-NN): the fine-tuning runtime, keeping the best
+# checkpoint by the model's own top-1 (no EMA).
+_base_ = ['../../finetune/_base_/default_runtime.py']
 protocol = 'linear'
-
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_best='top1', rule='greater'),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-)
-param_scheduler = []
-val_cfg = dict(type='ClsValLoop')
-test_cfg = dict(type='TestLoop')
-val_evaluator = dict(type='TopKAccuracy')
-test_evaluator = val_evaluator
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='nccl'))
-log_processor = dict(by_epoch=True, window_size=50)
-log_level = 'INFO'
-load_from = None
-resume = False
-randomness = dict(seed=0, deterministic=False)
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=1, save_best='top1'))
 knn = dict(k=20, temperature=0.07)  # used by --protocol knn
