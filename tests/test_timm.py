@@ -85,3 +85,19 @@ def test_pretrained_from_local_file(official_dir, tmp_path, fmt):
     exp = load_file(str(official_dir / "nepa_tiny_cls_bidirectional" / "expected.safetensors"))
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(exp["pixel_values"]), exp["logits"], atol=1e-4, rtol=0)
+
+
+def test_filter_fn_maps_release_and_wrapped_state_dicts(official_dir):
+    """The hub/url path (checkpoint_filter_fn) maps the same formats as the weight door."""
+    from safetensors.torch import load_file
+
+    from backbones.nepa.timm_models import checkpoint_filter_fn
+
+    d = official_dir / "nepa_tiny_cls_bidirectional"
+    sd = load_file(str(d / "model.safetensors"))
+    exp = load_file(str(d / "expected.safetensors"))
+    m = timm.create_model("nepa_tiny_patch14_224", embed_dim=128, depth=2, num_heads=2, mlp_hidden=512, num_classes=10)
+    for obj in (sd, {"model": sd}, {"state_dict": {"module." + k: v for k, v in sd.items()}}):
+        m.load_state_dict(checkpoint_filter_fn(obj, m), strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(m.eval()(exp["pixel_values"]), exp["logits"], atol=1e-4, rtol=0)

@@ -180,11 +180,11 @@ def read_checkpoint(path: str | os.PathLike, ema: bool = False) -> RawCheckpoint
     obj = read_torch_file(p)
     if p.name == HF_EMA_FILE or p.name in HF_WEIGHT_FILES:
         cfg_file = p.parent / "config.json"
-        raw = _unwrap(obj, ema)
+        raw = unwrap_state_dict(obj, ema)
         if cfg_file.exists():
             raw.hf_config = json.loads(cfg_file.read_text())
         return raw
-    return _unwrap(obj, ema)
+    return unwrap_state_dict(obj, ema)
 
 
 def _looks_like_safetensors(p: Path, head: bytes) -> bool:
@@ -209,7 +209,7 @@ def _read_hf_dir(d: Path, ema: bool) -> RawCheckpoint:
         sd, _ = read_safetensors(weights)
         raw = RawCheckpoint(sd, "hf directory (model.safetensors)")
     else:
-        raw = _unwrap(read_torch_file(weights), ema)
+        raw = unwrap_state_dict(read_torch_file(weights), ema)
         raw.fmt = f"hf directory ({weights.name})"
     if cfg_file.exists():
         try:
@@ -221,7 +221,7 @@ def _read_hf_dir(d: Path, ema: bool) -> RawCheckpoint:
     return raw
 
 
-def _unwrap(obj: Any, ema: bool) -> RawCheckpoint:
+def unwrap_state_dict(obj: Any, ema: bool = False) -> RawCheckpoint:
     """Find the state dict inside the usual wrappers and remember the config stored beside it."""
     if not isinstance(obj, dict):
         if isinstance(obj, nn.Module):  # cannot happen under weights_only, kept for clarity

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .checkpoint import convert_hf_state_dict, load_weights, strip_prefixes, HF_PREFIX
+from .checkpoint import load_weights, to_nepa_state_dict, unwrap_state_dict
 from .model import SIZES, NepaViT
 
 __all__ = ["checkpoint_filter_fn"]
@@ -23,12 +23,7 @@ NepaViT.load_pretrained = _load_pretrained
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NepaViT) -> dict[str, torch.Tensor]:
     """Map foreign state dicts (the release's HF names, wrapper prefixes) onto a NEPA model's keys."""
-    for key in ("state_dict", "model"):
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-    state_dict, _ = strip_prefixes(state_dict)
-    if any(k.startswith(HF_PREFIX) for k in state_dict):
-        state_dict = convert_hf_state_dict(state_dict)
+    state_dict, _ = to_nepa_state_dict(unwrap_state_dict(state_dict))  # the weight door's own mapping
     own = model.state_dict()
     out = {k: v for k, v in state_dict.items() if k != "mask_token"}
     for k in own:  # the release's Base pretraining config has no QK-norm affine: weight = 1
