@@ -41,7 +41,12 @@ else
     if [ -z "$WHEEL" ]; then
         log "building mmcv $MMCV_VERSION with ops for $TAG (once; ~15 min on 2 cores)"
         WORK="$(mktemp -d)"
-        "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$WORK"
+        # mmcv's setup.py imports pkg_resources (setuptools < 70); torch itself wants a newer one back afterwards.
+        # Even `pip download` runs setup.py (for metadata), and an isolated build env would take the newest
+        # setuptools, which no longer ships pkg_resources: so no isolation, for the download too.
+        "${PIP[@]}" "setuptools<70" wheel ninja packaging
+        "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-build-isolation --no-binary :all: \
+            "mmcv==$MMCV_VERSION" -d "$WORK"
         tar -xzf "$WORK"/mmcv-"$MMCV_VERSION".tar.gz -C "$WORK"
         SRC="$WORK/mmcv-$MMCV_VERSION"
         # torch >= 2.10 headers need C++20; mmcv's setup.py hard-codes c++14/17.
@@ -51,8 +56,6 @@ else
         else
             export FORCE_CUDA=0
         fi
-        # mmcv's setup.py imports pkg_resources (setuptools < 70); torch itself wants a newer one back afterwards.
-        "${PIP[@]}" "setuptools<70" wheel ninja packaging
         mkdir -p "$WHEELDIR.tmp"
         (cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
             "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps . -w "$WHEELDIR.tmp")
