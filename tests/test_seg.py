@@ -206,6 +206,26 @@ def test_a_user_config_can_inherit_ours(tmp_path):
     assert cfg.model.decode_head.num_classes == 59 and cfg.model.decode_head.channels == 768
 
 
+def test_seg_inputs_are_normalised_as_in_pretraining():
+    """mmseg's MAE model file normalises with ImageNet's statistics; NEPA's weights were learned on pixels
+    normalised with mean = std = 0.5 (the pretraining transform's defaults). Every seg config must feed the
+    backbone what the pretraining transform feeds it, pixel for pixel."""
+    from mmseg.models.data_preprocessor import SegDataPreProcessor
+
+    from nepa_eval.datasets import build_transform
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(28, 28, 3), dtype=np.uint8)
+    want = build_transform("resize", img_size=28)(Image.fromarray(img))  # what pretraining sees (no resampling at 28)
+    for path in (B_CFG, L_CFG, TINY_CFG):
+        pre_cfg = Config.fromfile(str(path)).model.data_preprocessor.to_dict()
+        assert pre_cfg.pop("type") == "SegDataPreProcessor"
+        pre_cfg.pop("size", None)
+        pre = SegDataPreProcessor(**{**pre_cfg, "bgr_to_rgb": False})  # the image is already RGB here
+        got = pre(dict(inputs=[torch.from_numpy(img).permute(2, 0, 1).contiguous()]), training=False)["inputs"][0]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=f"{path.name} normalises differently")
+
+
 # ----------------------------------------------------------------------------------------------
 # the segmentor: inference modes and layer-decay groups
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ custom_imports = dict(
     imports=['backbones.nepa.mmseg_backbone', 'nepa_eval.layer_decay', 'nepa_eval.tasks.seg'],
     allow_failed_imports=False)
 
+# NEPA is pretrained (and fine-tuned by the release) on pixels normalised with mean = std = 0.5, not with
+# ImageNet's statistics (mmseg's MAE file): on the 0-255 scale mmseg uses, that is 127.5 / 127.5. Feeding a
+# pretrained backbone other statistics shifts and rescales every patch embedding it learned.
+data_preprocessor = dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5])
 model = dict(
+    data_preprocessor=data_preprocessor,
     pretrained=None,
     backbone=dict(
         _delete_=True,
