@@ -86,6 +86,31 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     fi
 fi
 
+# labelme's source archive carries 3 Pascal VOC photos with masks (the segmentation smoke test's input). The
+# archive is GPL: its images are read from the cache as test inputs, never copied into the checkout.
+VOC_DIR="$CACHE/labelme/data_dataset_voc"
+if [ ! -d "$VOC_DIR/JPEGImages" ]; then
+    log "fetching labelme 6.3.1's VOC example photos into $VOC_DIR"
+    LM_TMP="$(mktemp -d)"
+    if "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: labelme==6.3.1 -d "$LM_TMP" \
+        && "$PY" - "$LM_TMP"/labelme-6.3.1.tar.gz "$VOC_DIR" <<'PYEOF'
+import shutil, sys, tarfile, tempfile
+from pathlib import Path
+
+archive, dest = sys.argv[1], Path(sys.argv[2])
+part = "/examples/semantic_segmentation/data_dataset_voc/"
+with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
+    tar.extractall(tmp, members=[m for m in tar.getmembers() if part in m.name and m.isfile()], filter="data")
+    src = next(Path(tmp).glob("*" + part.rstrip("/")))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(str(dest) + ".tmp", ignore_errors=True)
+    shutil.copytree(src, str(dest) + ".tmp")
+    Path(str(dest) + ".tmp").rename(dest)  # the cache only ever holds a complete folder
+PYEOF
+    then :; else log "WARNING: could not fetch labelme's VOC photos; the VOC smoke test will skip"; fi
+    rm -rf "$LM_TMP"
+fi
+
 "$PY" -c "import mmcv.ops, mmseg.models, timm, backbones, nepa_eval" \
     || { log "ERROR: the environment does not import; see the messages above"; exit 1; }
 rm -f "$VENV"/.nepa-setup-*
