@@ -121,6 +121,24 @@ def test_drop_path_is_linear_over_depth_and_active_in_training():
     assert not torch.allclose(a, bb(x)[-1])
 
 
+def test_frozen_backbone_has_no_gradients_and_no_drop_path():
+    from nepa_eval.layer_decay import LayerDecayOptimWrapperConstructor
+
+    bb = backbone(drop_path_rate=0.3, frozen=True)
+    bb.train()  # what the segmentor's runner does every iteration
+    assert not bb.training and not any(p.requires_grad for p in bb.parameters())
+    x = torch.randn(2, 3, 28, 28)
+    torch.manual_seed(1)
+    a = bb(x)[-1]
+    torch.manual_seed(2)
+    assert torch.equal(a, bb(x)[-1])  # drop path is off
+    model = torch.nn.ModuleDict(dict(backbone=bb, head=torch.nn.Conv2d(32, 3, 1)))
+    wrapper = LayerDecayOptimWrapperConstructor(
+        dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3)), dict(decay_rate=0.65))(model)
+    optimised = {id(p) for g in wrapper.optimizer.param_groups for p in g["params"]}
+    assert optimised == {id(p) for p in model["head"].parameters()}
+
+
 # ----------------------------------------------------------------------------------------------
 # weights through the door
 # ----------------------------------------------------------------------------------------------

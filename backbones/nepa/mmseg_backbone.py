@@ -116,12 +116,15 @@ class NepaBackbone(NepaViT):
     arch: size name or NepaConfig fields the config expects (a checkpoint supplies the rest and must
     match its size). out_indices: None -> the MAE pattern for the depth. out_norm: apply the final
     LayerNorm to each output (False, as mmseg's MAE; the unused norm is then dropped). out_stride:
-    stride of the output grid (None -> the patch). Extra keyword arguments are NepaConfig overrides.
+    stride of the output grid (None -> the patch). frozen: no gradients and always in eval mode (no drop
+    path), for linear-probe segmentation of the pretrained features (DINOv2's protocol); the optimiser
+    leaves the frozen parameters out. Extra keyword arguments are NepaConfig overrides.
     """
 
     def __init__(self, arch: str | dict = "base", out_indices: Optional[Sequence[int]] = None, causal: bool = False,
                  drop_path_rate: float = 0.1, out_norm: bool = False, out_stride: Optional[float] = None,
-                 align: bool = True, grad_checkpointing: bool = False, pretrained: Optional[str] = None,
+                 align: bool = True, grad_checkpointing: bool = False, frozen: bool = False,
+                 pretrained: Optional[str] = None,
                  init_cfg: Optional[dict | list] = None, **overrides: Any) -> None:
         checkpoint, prefix = self._checkpoint_from(pretrained, init_cfg)
         cfg, pending = arch_dict(arch), None
@@ -142,6 +145,10 @@ class NepaBackbone(NepaViT):
         if not out_norm:
             self.norm = nn.Identity()  # unused; leaving it would give DDP parameters without gradients
         self.set_grad_checkpointing(grad_checkpointing)
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
         self.init_cfg = init_cfg
         self.is_init = False
         self.load_report = None
@@ -197,6 +204,10 @@ class NepaBackbone(NepaViT):
             print_log(f"[nepa] backbone: {report}", logger="current")
         except ImportError:
             print(f"[nepa] backbone: {report}")
+
+    def train(self, mode: bool = True) -> "NepaBackbone":
+        """A frozen backbone stays in eval mode whatever the segmentor is switched to."""
+        return super().train(mode and not getattr(self, "frozen", False))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         maps = self.forward_intermediates(x, indices=self.out_indices, norm=self.out_norm, output_fmt="NCHW",
