@@ -2,7 +2,9 @@
 
 - ``fashion_mnist``: the full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (offline, built in);
 - ``folder``: an ImageFolder tree ``ROOT/<split>/<class>/*.jpg`` (ImageNet layout: train/ and val/);
-- ``hf``: a Hugging Face dataset saved with ``save_to_disk`` (image and label columns).
+- ``hf``: a Hugging Face dataset saved with ``save_to_disk`` (image and label columns);
+- ``fashion_mosaic``: unlabelled Fashion-MNIST mosaic canvases (the segmentation set's images, made on the fly
+  from the split's items: `limit` canvases, 60,000 by default), for pretraining on the segmentation domain.
 
 `ImageDataset` is registered with mmengine's DATASETS, so configs say
 ``dataset=dict(type='ImageDataset', source='folder', root='data/imagenet', split='train', transform=...)``.
@@ -59,7 +61,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, source: str = "fashion_mnist", root: Optional[str] = None, split: str = "train",
                  transform: Optional[Callable | dict] = None, limit: Optional[int] = None, seed: int = 0,
-                 image_key: str = "image", label_key: Optional[str] = "label") -> None:
+                 image_key: str = "image", label_key: Optional[str] = "label", mosaic: Optional[dict] = None) -> None:
         self.source, self.split = source, split
         self.transform = build_transform(**transform) if isinstance(transform, dict) else transform
         if source == "fashion_mnist":
@@ -71,8 +73,12 @@ class ImageDataset(Dataset):
             self._init_folder(root, split, limit, seed)
         elif source == "hf":
             self._init_hf(root, split, limit, seed, image_key, label_key)
+        elif source == "fashion_mosaic":
+            self._items = fashion_mnist_arrays(split, Path(root) if root else FASHION_ROOT)
+            self._mosaic, self._seed = dict(mosaic or {}), seed
+            self.targets, self.classes = [-1] * (limit or 60000), []  # unlabelled
         else:
-            raise DataError(f"unknown data source {source!r}; choose fashion_mnist, folder or hf")
+            raise DataError(f"unknown data source {source!r}; choose fashion_mnist, folder, hf or fashion_mosaic")
         if len(self.targets) == 0:
             raise DataError(f"dataset {source}:{root or ''}:{split} is empty")
 
@@ -136,6 +142,11 @@ class ImageDataset(Dataset):
                     return im.convert("RGB")
             except Exception as e:
                 raise DataError(f"unreadable image {self._paths[i]}: {e}") from e
+        if self.source == "fashion_mosaic":
+            from nepa_eval.seg_data import mosaic_canvas
+
+            canvas, _ = mosaic_canvas(np.random.default_rng((self._seed, i)), *self._items, **self._mosaic)
+            return Image.fromarray(canvas).convert("RGB")
         img = self._hf[i][self._hf_keys[0]]
         return (img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))).convert("RGB")
 

@@ -48,6 +48,14 @@ def _mosaic(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, si
     return np.clip(canvas, 0, 255).astype(np.uint8), label
 
 
+def mosaic_canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, size: int = 56,
+                  items: tuple[int, int] = (2, 3), scale: tuple[float, float] = (0.75, 1.25), threshold: int = 40,
+                  noise: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """One canvas of the mosaic set with make_mosaic's defaults (also the unlabelled pretraining source
+    ``ImageDataset(source='fashion_mosaic')``)."""
+    return _mosaic(rng, images, labels, size, tuple(items), tuple(scale), threshold, noise)
+
+
 def make_mosaic(out: str | Path, n_train: int = 1000, n_val: int = 200, size: int = 56,
                 items: tuple[int, int] = (2, 3), scale: tuple[float, float] = (0.75, 1.25), threshold: int = 40,
                 noise: float = 6.0, seed: int = 0, fashion_root: Optional[Path] = None) -> Path:

@@ -159,3 +159,26 @@ def test_folder_and_hf_sources_pretrain(tmp_path, source):
     assert rc == 0
     f = final(wd)
     assert f["status"] == "ok" and f["steps"] == 2 and math.isfinite(f["final_loss"])
+
+
+@pytest.mark.skipif(not FASHION, reason="Fashion-MNIST (Debian dataset-fashion-mnist) is not installed")
+def test_mosaic_source_is_the_seg_sets_image_distribution_without_labels(tmp_path):
+    """source='fashion_mosaic': unlabelled 56 px canvases from the split's own items, the same per index,
+    different across indices, and pixel for pixel what the mosaic maker draws for that generator."""
+    from nepa_eval.datasets import fashion_mnist_arrays
+    from nepa_eval.seg_data import mosaic_canvas
+
+    ds = ImageDataset(source="fashion_mosaic", split="train", limit=6, seed=3)
+    assert len(ds) == 6 and set(ds.targets) == {-1}
+    a, b, c = (np.asarray(ds.load_image(i))[..., 0] for i in (2, 2, 4))
+    assert a.shape == (56, 56) and (a == b).all() and not (a == c).all()
+    want, label = mosaic_canvas(np.random.default_rng((3, 2)), *fashion_mnist_arrays("train"))
+    assert (a == want).all() and (label > 0).any()  # the canvas holds items (labels exist, the dataset drops them)
+
+    wd = tmp_path / "run"  # the domain-pretraining recipe runs and reports a k-NN on single 28 px items
+    rc = run_cli(["pretrain", "--config", "cls_configs/pretrain/nepa_tiny_fmosaic.py", "--work-dir", str(wd),
+                  "--cfg-options", *[o for o in TINY_OPTS if not o.startswith("knn")], "train_cfg.max_iters=2",
+                  "train_dataloader.batch_size=4", "knn_train.limit=40", "knn_test.limit=20"])
+    assert rc == 0
+    f = final(wd)
+    assert f["status"] == "ok" and f["nepa_config"]["img_size"] == 56 and 0 <= f["knn_top1"] <= 100
