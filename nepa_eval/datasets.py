@@ -4,7 +4,8 @@
 - ``folder``: an ImageFolder tree ``ROOT/<split>/<class>/*.jpg`` (ImageNet layout: train/ and val/);
 - ``hf``: a Hugging Face dataset saved with ``save_to_disk`` (image and label columns);
 - ``fashion_mosaic``: unlabelled Fashion-MNIST mosaic canvases (the segmentation set's images, made on the fly
-  from the split's items: `limit` canvases, 60,000 by default), for pretraining on the segmentation domain.
+  from the split's items: `limit` canvases, as many as the split has items by default), for pretraining on
+  the segmentation domain.
 
 `ImageDataset` is registered with mmengine's DATASETS, so configs say
 ``dataset=dict(type='ImageDataset', source='folder', root='data/imagenet', split='train', transform=...)``.
@@ -76,7 +77,7 @@ class ImageDataset(Dataset):
         elif source == "fashion_mosaic":
             self._items = fashion_mnist_arrays(split, Path(root) if root else FASHION_ROOT)
             self._mosaic, self._seed = dict(mosaic or {}), seed
-            self.targets, self.classes = [-1] * (limit or 60000), []  # unlabelled
+            self.targets, self.classes = [-1] * (limit or len(self._items[0])), []  # unlabelled
         else:
             raise DataError(f"unknown data source {source!r}; choose fashion_mnist, folder, hf or fashion_mosaic")
         if len(self.targets) == 0:

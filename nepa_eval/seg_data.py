@@ -30,9 +30,11 @@ IGNORE_INDEX = 255
 # ----------------------------------------------------------------------------------------------
 # the mosaic maker
 # ----------------------------------------------------------------------------------------------
-def _mosaic(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, size: int, items: tuple[int, int],
-            scale: tuple[float, float], threshold: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
-    """One canvas (size, size) uint8 and its label map: later items are pasted over earlier ones."""
+def mosaic_canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, size: int = 56,
+                  items: tuple[int, int] = (2, 3), scale: tuple[float, float] = (0.75, 1.25), threshold: int = 40,
+                  noise: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """One canvas (size, size) uint8 and its label map: later items are pasted over earlier ones. Also the
+    unlabelled pretraining source ``ImageDataset(source='fashion_mosaic')``."""
     canvas = np.zeros((size, size), np.float32)
     label = np.zeros((size, size), np.uint8)
     for _ in range(rng.integers(items[0], items[1] + 1)):
@@ -46,14 +48,6 @@ def _mosaic(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, si
     if noise:
         canvas += rng.normal(0, noise, canvas.shape)
     return np.clip(canvas, 0, 255).astype(np.uint8), label
-
-
-def mosaic_canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, size: int = 56,
-                  items: tuple[int, int] = (2, 3), scale: tuple[float, float] = (0.75, 1.25), threshold: int = 40,
-                  noise: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
-    """One canvas of the mosaic set with make_mosaic's defaults (also the unlabelled pretraining source
-    ``ImageDataset(source='fashion_mosaic')``)."""
-    return _mosaic(rng, images, labels, size, tuple(items), tuple(scale), threshold, noise)
 
 
 def make_mosaic(out: str | Path, n_train: int = 1000, n_val: int = 200, size: int = 56,
@@ -77,7 +71,7 @@ def make_mosaic(out: str | Path, n_train: int = 1000, n_val: int = 200, size: in
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
         for k in range(n):
-            canvas, label = _mosaic(rng, images, labels, size, items, scale, threshold, noise)
+            canvas, label = mosaic_canvas(rng, images, labels, size, items, scale, threshold, noise)
             name = f"mosaic_{split[0]}_{k:06d}"
             Image.fromarray(canvas).convert("RGB").save(img_dir / f"{name}.jpg", quality=95)
             Image.fromarray(label, mode="L").save(ann_dir / f"{name}.png")
