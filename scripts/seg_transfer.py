@@ -1,4 +1,4 @@
-"""Does NEPA pretraining help segmentation? A pretrained tiny backbone against random initialisation, same budget.
+r"""Does NEPA pretraining help segmentation? A pretrained tiny backbone against random initialisation, same budget.
 
     python scripts/seg_transfer.py                       # or: make seg-transfer (about 8 min on 2 cores)
     python scripts/seg_transfer.py --config seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py \
@@ -59,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work_dir)
+    if args.ckpt is not None and not Path(args.ckpt).is_file():
+        print(f"[nepa] --ckpt {args.ckpt}: no such file; give a tiny NEPA backbone, or omit --ckpt to pretrain one "
+              f"here", file=sys.stderr)
+        return 1
     ensure_mosaic(args.data_root, args.quiet)
 
     ckpt = args.ckpt
@@ -70,9 +74,9 @@ def main(argv=None) -> int:
             print(f"[nepa] pretraining failed: see {pre_dir / 'console.log'}", file=sys.stderr)
             return 1
         ckpt = backbone_file(pre_dir)
-    if not Path(ckpt).is_file():
-        print(f"[nepa] no backbone checkpoint at {ckpt}", file=sys.stderr)
-        return 1
+        if not Path(ckpt).is_file():
+            print(f"[nepa] the pretraining left no backbone at {ckpt}: see {pre_dir / 'console.log'}", file=sys.stderr)
+            return 1
 
     rows = []
     for seed in args.seeds:
