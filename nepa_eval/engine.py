@@ -1,5 +1,5 @@
-"""What the three jobs (pretrain, cls, seg) share on mmengine's Runner: CLI options, config loading, the
-self-describing run directory, and safe resume.
+"""What the tasks (pretrain, cls, seg) share on mmengine's Runner: CLI options, config loading, the set-up
+every run needs (distributed launch, gloo on CPUs, AMP, compile), the self-describing run directory, safe resume.
 
 A run directory holds:
     config.py            the resolved config (every `_base_` and --cfg-options applied)
@@ -14,7 +14,9 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,6 +43,8 @@ def add_runner_args(p: argparse.ArgumentParser, default_config: Optional[str] = 
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                    help="override config keys, e.g. train_cfg.max_iters=100 optim_wrapper.optimizer.lr=1e-3")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (mmengine's Runner `compile`; first steps are slower)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -66,6 +70,8 @@ def load_config(args: argparse.Namespace, task: str) -> Config:
     if args.seed is not None:
         cfg.randomness = dict(cfg.get("randomness", {}), seed=args.seed)
     cfg.resume = bool(args.resume)
+    if getattr(args, "compile", False):
+        cfg.compile = True
     if args.resume:
         if not (Path(cfg.work_dir) / "last_checkpoint").exists():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from in {cfg.work_dir} "
@@ -132,14 +138,20 @@ class RunRecordHook(Hook):
     """Writes config.py, scalars.jsonl and final_metrics.json so the run directory describes itself.
 
     On resume, scalars past the resumed step are dropped first, so the file never holds a step twice.
+    Declared by every task's runtime config (``default_hooks.run_record``), so mmengine's and mmseg's own
+    tools/train.py write the same run directory. `interval` None: the LoggerHook's interval.
     """
 
     priority = "VERY_LOW"
 
-    def __init__(self, task: str = "", interval: int = 10) -> None:
+    def __init__(self, task: str = "", interval: Optional[int] = None) -> None:
         self.task, self.interval = task, interval
 
     def before_run(self, runner) -> None:
+        from mmengine.hooks import LoggerHook
+
+        if self.interval is None:
+            self.interval = next((h.interval for h in runner.hooks if isinstance(h, LoggerHook)), 10)
         wd = Path(runner.work_dir)
         if is_main_process():
             runner.cfg.dump(str(wd / "config.py"))
@@ -179,21 +191,64 @@ class RunRecordHook(Hook):
         update_final(runner.work_dir, **values)
 
 
-def run_training(cfg: Config, task: str) -> "Any":
-    """Build mmengine's Runner from cfg and train; a crash marks the run failed with the reason."""
-    from mmengine.runner import Runner
+# ----------------------------------------------------------------------------------------------
+# what every task shares before and around mmengine's Runner
+# ----------------------------------------------------------------------------------------------
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
+def prepare_env(cfg: Config) -> Config:
+    """The set-up every task needs before its Runner is built, done once here for pretrain, cls and seg:
+    torch's weights_only allow-list for our own checkpoints, torchrun on CPUs (a gloo process group and a CPU
+    DistributedDataParallel), bf16/fp16 AMP falling back to float32 without a GPU, a unique experiment name per
+    run, and TensorBoard switched off (with a note) where it is not installed."""
+    import torch
+    import torch.distributed as dist
 
     from backbones.nepa import register_safe_globals
-    from nepa_eval import datasets
 
-    register_safe_globals()  # our own resume under torch's weights_only default, nothing more allowed
-    datasets.register()
-    hooks = list(cfg.get("custom_hooks", []))
-    if not any(h.get("type") == "RunRecordHook" for h in hooks):
-        hooks.append(dict(type="RunRecordHook", task=task, interval=cfg.get("default_hooks", {}).get(
-            "logger", {}).get("interval", 10)))
-    cfg.custom_hooks = hooks
-    runner = Runner.from_cfg(cfg)
+    register_safe_globals()
+    launcher = cfg.get("launcher", "none")
+    if launcher != "none" and not torch.cuda.is_available():
+        cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
+        if launcher == "pytorch" and not dist.is_initialized():
+            dist.init_process_group(backend="gloo")  # mmengine's init_dist would call torch.cuda.set_device
+        # mmengine passes device_ids=[LOCAL_RANK] to DDP, which only GPU modules accept
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    ow = cfg.get("optim_wrapper")
+    if ow is not None and ow.get("type") == "AmpOptimWrapper" and not torch.cuda.is_available():
+        print(f"[nepa] no GPU: {ow.get('dtype') or 'fp16'} AmpOptimWrapper replaced by float32 OptimWrapper",
+              file=sys.stderr)
+        ow.type = "OptimWrapper"
+        for key in ("dtype", "loss_scale"):
+            ow.pop(key, None)
+    if launcher == "none" and not cfg.get("experiment_name"):
+        # unique per run, so several runs in one process never share mmengine's named logger/visualiser
+        cfg.experiment_name = f"{Path(cfg.work_dir).name}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    vis = cfg.get("visualizer")
+    if vis is not None and not _tensorboard_available():
+        backends = [b for b in vis.get("vis_backends", []) if b.get("type") != "TensorboardVisBackend"]
+        if len(backends) != len(vis.get("vis_backends", [])):
+            print("[nepa] tensorboard is not installed: TensorBoard scalars off (pip install tensorboard)",
+                  file=sys.stderr)
+            vis.vis_backends = backends
+    return cfg
+
+
+def build_runner(cfg: Config) -> "Any":
+    """mmengine's Runner for a prepared config, exactly as mmengine's and mmseg's tools/train.py build it."""
+    from mmengine.runner import Runner
+
+    prepare_env(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def train(cfg: Config) -> "Any":
+    """Build the Runner and train; a crash marks the run failed with the reason (and re-raises)."""
+    runner = build_runner(cfg)
     try:
         runner.train()
     except Exception as e:

@@ -1,7 +1,7 @@
 """k-NN classification of frozen features (DINO style: cosine similarity, k = 20, temperature 0.07)."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,4 +62,37 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     if num_classes >= 5:
         top5 = scores.topk(5, dim=1).indices
         out["knn_top5"] = 100.0 * (top5 == test_labels[:, None]).any(1).float().mean().item()
+    return out
+
+
+def knn_eval(backbone: torch.nn.Module, train_data: dict, test_data: dict, k: int = 20, temperature: float = 0.07,
+             batch_size: int = 256, num_workers: int = 0, pool: str = "avg",
+             device: Optional[torch.device] = None, layers: Sequence[Optional[int]] = (None,),
+             num_classes: Optional[int] = None, with_counts: bool = False) -> dict[str, float]:
+    """k-NN top-1/top-5 (percent) of a frozen backbone: features of `train_data` (ImageDataset arguments) vote
+    for `test_data`.
+
+    `layers`: None = the final features (knn_top1); an int k adds knn_top1_block{k} from block k's output.
+    `num_classes`: None = from the data. `with_counts`: also train_images / test_images."""
+    from torch.utils.data import DataLoader
+
+    from nepa_eval.datasets import ImageDataset, collate
+
+    def loader(spec: dict) -> DataLoader:
+        spec = dict(spec)
+        spec.setdefault("transform", dict(kind="resize", img_size=backbone.cfg.img_size))
+        return DataLoader(ImageDataset(**spec), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          collate_fn=collate)
+
+    train_loader, test_loader = loader(train_data), loader(test_data)
+    out: dict[str, float] = {}
+    for layer in layers:
+        ftr, ltr = extract_features(backbone, train_loader, device=device, pool=pool, layer=layer)
+        fte, lte = extract_features(backbone, test_loader, device=device, pool=pool, layer=layer)
+        n = num_classes or max(len(train_loader.dataset.classes), int(ltr.max()) + 1, int(lte.max()) + 1)
+        res = knn_accuracy(ftr, ltr, fte, lte, n, k=k, temperature=temperature)
+        suffix = "" if layer is None else f"_block{layer}"
+        out.update({f"{key}{suffix}": v for key, v in res.items()})
+    if with_counts:
+        out.update(train_images=len(train_loader.dataset), test_images=len(test_loader.dataset))
     return out

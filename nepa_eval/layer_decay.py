@@ -9,9 +9,11 @@ A group's learning rate at step t is the truth this module guarantees:
     lr(t) = base_lr * schedule(t) * rate(t) ** exponent     (head groups: head_lr * schedule(t))
 
 with schedule = linear warm-up then cosine (or poly) decay to min_lr, and rate(t) constant (0.65),
-a linear ramp r0 -> r1 (the paper: 0.35 -> 1.00) or a cosine ramp (the release's code). The rate
-is applied in closed form every iteration by `LayerDecayLRHook`, so mmengine's chainable param
-schedulers are not used (they would compound with a moving rate) and resume is exact.
+a linear ramp r0 -> r1 (the paper: 0.35 -> 1.00) or a cosine ramp (the release's code). The rate and
+its ramp are stated once, in the constructor's ``paramwise_cfg``, which records them on the parameter
+groups; `LayerDecayLRHook` reads them there and applies the lr in closed form every iteration, so
+mmengine's chainable param schedulers are not used (they would compound with a moving rate) and resume
+is exact.
 """
 from __future__ import annotations
 
@@ -100,25 +102,29 @@ def build_param_groups(model: nn.Module, base_lr: float, weight_decay: float, nu
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """paramwise_cfg: num_layers (default: len(model.backbone.blocks)), decay_rate (initial rate),
-    head_lr (absolute lr outside the backbone / for head and fc_norm; None = base lr with exponent 0),
-    backbone_prefix ('backbone.')."""
+    """mmengine's constructor with `add_params` overridden to build the layer-decay groups.
 
-    def __call__(self, model: nn.Module):
-        if hasattr(model, "module"):
-            model = model.module
+    The whole layer-decay schedule is stated here, once, in ``paramwise_cfg``: ``layer_decay_rate`` (the rate,
+    or the ramp's start), ``layer_decay_rate_end`` and ``layer_decay_ramp`` ('constant', 'linear', 'cosine'),
+    ``head_lr`` (absolute lr outside the backbone / for head and fc_norm; None = base lr with exponent 0),
+    ``num_layers`` (default: len(model.backbone.blocks)), ``backbone_prefix`` ('backbone.'). Every group records
+    its ``layer_exponent``, ``base_lr`` and the schedule, where `LayerDecayLRHook` reads them.
+    """
+
+    def add_params(self, params: list[dict], module: nn.Module, prefix: str = "", **kwargs: Any) -> None:
         cfg = dict(self.paramwise_cfg or {})
-        prefix = cfg.get("backbone_prefix", "backbone.")
-        num_layers = cfg.get("num_layers") or len(_get(model, prefix).blocks)
-        opt_cfg = dict(self.optimizer_cfg)
-        groups = build_param_groups(model, base_lr=opt_cfg["lr"], weight_decay=opt_cfg.get("weight_decay", 0.0),
-                                    num_layers=num_layers, backbone_prefix=prefix, head_lr=cfg.get("head_lr"),
-                                    rate=cfg.get("decay_rate", 0.65))
+        backbone = cfg.get("backbone_prefix", "backbone.")
+        schedule = dict(rate=cfg.get("layer_decay_rate", 0.65), rate_end=cfg.get("layer_decay_rate_end"),
+                        ramp=cfg.get("layer_decay_ramp", "constant"))
+        decay_rate_at(0.5, **schedule)  # validate early, with a clear message
+        groups = build_param_groups(module, base_lr=self.base_lr, weight_decay=self.base_wd or 0.0,
+                                    num_layers=cfg.get("num_layers") or len(_get(module, backbone).blocks),
+                                    backbone_prefix=backbone, head_lr=cfg.get("head_lr"), rate=schedule["rate"])
         for g in groups:
             g.pop("names")
-        opt_cfg["params"] = groups
-        optimizer = OPTIMIZERS.build(opt_cfg)
-        return OPTIM_WRAPPERS.build(self.optim_wrapper_cfg, default_args=dict(optimizer=optimizer))
+            g.update(layer_decay_rate=schedule["rate"], layer_decay_rate_end=schedule["rate_end"],
+                     layer_decay_ramp=schedule["ramp"])
+        params.extend(groups)
 
 
 def _get(model: nn.Module, prefix: str) -> nn.Module:
@@ -128,38 +134,45 @@ def _get(model: nn.Module, prefix: str) -> nn.Module:
     return model
 
 
+def group_schedule(optimizer: Any) -> dict[str, Any]:
+    """The layer-decay schedule the constructor recorded on the optimizer's parameter groups."""
+    g = next((g for g in optimizer.param_groups if "layer_decay_rate" in g), None)
+    if g is None:
+        raise ValueError("LayerDecayLRHook needs the optimizer built by LayerDecayOptimWrapperConstructor "
+                         "(optim_wrapper.constructor='LayerDecayOptimWrapperConstructor')")
+    return dict(rate=g["layer_decay_rate"], rate_end=g["layer_decay_rate_end"], ramp=g["layer_decay_ramp"])
+
+
 @HOOKS.register_module()
 class LayerDecayLRHook(Hook):
     """Sets every group's lr each iteration: base_lr * schedule(t) * rate(t) ** exponent (closed form).
 
-    warmup / total are in iterations; `warmup_epochs` (converted with the train loader's length) or
-    `warmup_ratio` (fraction of total) are used when warmup is None. total defaults to the run's max_iters.
-    Use with `param_scheduler = []`. Gradient accumulation: the schedule runs in iterations (as mmengine's
-    ParamSchedulerHook does), the lr of an accumulated step is that of its last iteration.
+    The decay rate and its ramp come from the parameter groups (the constructor's ``paramwise_cfg`` states them);
+    this hook holds the lr schedule: warmup / total in iterations; `warmup_epochs` (converted with the train
+    loader's length) or `warmup_ratio` (fraction of total) are used when warmup is None. total defaults to the
+    run's max_iters. Use with `param_scheduler = []`. Gradient accumulation: the schedule runs in iterations
+    (as mmengine's ParamSchedulerHook does), the lr of an accumulated step is that of its last iteration.
     """
 
     priority = "HIGH"  # before the optimizer step of the same iteration
 
     def __init__(self, warmup: Optional[int] = None, warmup_ratio: float = 0.0, total: Optional[int] = None,
                  schedule: str = "cosine", min_lr_ratio: float = 0.0, power: float = 1.0,
-                 warmup_start_ratio: float = 0.0, rate: float = 0.65, rate_end: Optional[float] = None,
-                 ramp: str = "constant", warmup_epochs: Optional[float] = None) -> None:
-        decay_rate_at(0.5, rate, rate_end, ramp)  # validate early
-        schedule_at(1, 2, 0, schedule)
+                 warmup_start_ratio: float = 0.0, warmup_epochs: Optional[float] = None) -> None:
+        schedule_at(1, 2, 0, schedule)  # validate early
         self.warmup, self.warmup_ratio, self.total = warmup, warmup_ratio, total
         self.warmup_epochs = warmup_epochs
         self.schedule, self.min_lr_ratio, self.power, self.warmup_start_ratio = (
             schedule, min_lr_ratio, power, warmup_start_ratio)
-        self.rate, self.rate_end, self.ramp = rate, rate_end, ramp
 
-    def lr_factors(self, step: int, total: int) -> tuple[float, float]:
-        """(schedule multiplier, decay rate) at iteration `step` of `total`."""
+    def lr_factors(self, step: int, total: int, decay: dict[str, Any]) -> tuple[float, float]:
+        """(schedule multiplier, decay rate) at iteration `step` of `total` for the groups' decay schedule."""
         warmup = self.warmup if self.warmup is not None else int(round(self.warmup_ratio * total))
         s = schedule_at(step, total, warmup, self.schedule, self.min_lr_ratio, self.power, self.warmup_start_ratio)
-        return s, decay_rate_at(step / max(1, total - 1), self.rate, self.rate_end, self.ramp)
+        return s, decay_rate_at(step / max(1, total - 1), **decay)
 
     def apply(self, optimizer, step: int, total: int) -> None:
-        s, r = self.lr_factors(step, total)
+        s, r = self.lr_factors(step, total, group_schedule(optimizer))
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * s * r ** g.get("layer_exponent", 0)
         self.current_rate = r
@@ -174,19 +187,11 @@ class LayerDecayLRHook(Hook):
         runner.message_hub.update_scalar("train/layer_decay_rate", self.current_rate)
 
 
-def sync_layer_decay(cfg: Any) -> None:
-    """Copy a config's top-level ``layer_decay = dict(rate, rate_end, ramp)`` into its LayerDecayLRHook entry
-    (and the constructor's initial ``decay_rate``), so a variant or --cfg-options changes one place only."""
-    ld = cfg.get("layer_decay")
-    if not ld:
-        return
-    ld = dict(rate=ld.get("rate", 0.65), rate_end=ld.get("rate_end"), ramp=ld.get("ramp", "constant"))
-    decay_rate_at(0.5, **ld)
-    hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") == "LayerDecayLRHook"]
-    if not hooks:
-        raise ValueError("config has `layer_decay` but no LayerDecayLRHook in custom_hooks")
-    for h in hooks:
-        h.update(ld)
-    ow = cfg.get("optim_wrapper", {})
-    if ow.get("constructor") == "LayerDecayOptimWrapperConstructor":
-        ow.setdefault("paramwise_cfg", {})["decay_rate"] = ld["rate"]
+def layer_decay_of(cfg: Any) -> dict[str, Any]:
+    """A config's layer-decay schedule (rate, rate_end, ramp) as its constructor states it; {} without one."""
+    ow = cfg.get("optim_wrapper") or {}
+    if ow.get("constructor") != "LayerDecayOptimWrapperConstructor":
+        return {}
+    pw = ow.get("paramwise_cfg") or {}
+    return dict(rate=pw.get("layer_decay_rate", 0.65), rate_end=pw.get("layer_decay_rate_end"),
+                ramp=pw.get("layer_decay_ramp", "constant"))

@@ -161,13 +161,16 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; the dicts themselves are kept too ('a' -> {...})."""
+    """{'a': {'b': 1}, 'h': [{'c': 2}]} -> {'a.b': 1, 'h.0.c': 2} (list items by index, as --cfg-options
+    names them); the dicts and lists themselves are kept too ('a' -> {...})."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         out[key] = v
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out.update(flatten({str(i): x for i, x in enumerate(v)}, key + "."))
     return out
 
 

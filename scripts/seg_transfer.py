@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nepa_eval.commands.ablate import backbone_file, ensure_mosaic, ensure_stage  # noqa: E402
+from nepa_eval.ablate import backbone_file, ensure_mosaic, ensure_stage  # noqa: E402
 from nepa_eval.engine import read_final  # noqa: E402
 
 PRETRAIN_CFG = "cls_configs/pretrain/nepa_tiny_fmosaic.py"

@@ -91,7 +91,9 @@ def test_configs_hold_the_release_recipe():
         assert c.model.backbone.drop_path_rate == dp
         assert c.val_dataloader.dataset.transform.crop_pct == crop
         assert ema["momentum"] == pytest.approx(1e-4)  # mmengine: momentum = 1 - 0.9999
-        assert (hook["rate"], hook["rate_end"], hook["ramp"]) == (0.35, 1.0, "linear") == tuple(c.layer_decay.values())
+        pw = c.optim_wrapper.paramwise_cfg  # the decay schedule is stated once, for the constructor
+        assert (pw.layer_decay_rate, pw.layer_decay_rate_end, pw.layer_decay_ramp) == (0.35, 1.0, "linear")
+        assert not {"rate", "rate_end", "ramp"} & set(hook)
         assert c.optim_wrapper.paramwise_cfg.head_lr == 1e-3 and c.optim_wrapper.clip_grad.max_norm == 1.0
         assert c.optim_wrapper.optimizer.betas == (0.9, 0.999) and c.optim_wrapper.optimizer.weight_decay == 0.05
         assert c.train_dataloader.batch_size * 8 == 1024 and c.train_cfg.max_epochs == 100
@@ -99,9 +101,11 @@ def test_configs_hold_the_release_recipe():
         assert t.auto_augment == "rand-m9-mstd0.5-inc1" and t.re_prob == 0.25 and t.interpolation == "bicubic"
         assert t.mean == (0.5, 0.5, 0.5) and c.model.mixup == dict(mixup_alpha=0.8, cutmix_alpha=1.0)
         assert c.model.label_smoothing == 0.1 and c.model.freeze_patch_embed and c.model.backbone.causal is False
-        assert c.custom_imports.imports == ["nepa_eval.tasks.cls"]
+        assert c.custom_imports.imports == ["nepa_eval.engine", "nepa_eval.tasks.cls"]
     assert Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-b_in1k_causal.py")).model.backbone.causal is True
-    assert Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-b_in1k_cosine-ramp.py")).layer_decay.ramp == "cosine"
+    cosine = Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-b_in1k_cosine-ramp.py"))
+    assert cosine.optim_wrapper.paramwise_cfg.layer_decay_ramp == "cosine"
+    assert cosine.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.35 and cosine.optim_wrapper.paramwise_cfg.head_lr == 1e-3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +266,7 @@ def test_finetune_linear_knn_from_a_checkpoint(tmp_path):
     assert m.backbone.causal is False and m.backbone.num_classes == 10
     assert torch.count_nonzero(m.backbone.head.weight) > 0
     cfg_text = (ft / "config.py").read_text()
-    assert "ramp='linear'" in cfg_text and "LayerDecayLRHook" in cfg_text
+    assert "layer_decay_ramp='linear'" in cfg_text and "LayerDecayLRHook" in cfg_text
 
     lp = tmp_path / "lp"
     assert cli(["cls", "--ckpt", str(ck), "--protocol", "linear", "--config", tiny_config(tmp_path, base=TINY_LINEAR),
@@ -305,7 +309,8 @@ def test_two_process_gloo(tmp_path):
     import sys
 
     cfg = tiny_config(tmp_path, train=32, val=45, bs=8, epochs=3, deterministic=True,
-                      extra="custom_hooks = [dict(type='LayerDecayLRHook', warmup=1, rate=0.65),"
+                      extra="optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.65, layer_decay_ramp='constant'))\n"
+                            "custom_hooks = [dict(type='LayerDecayLRHook', warmup=1),"
                             " dict(type='EMAHook', momentum=0.3), dict(type='ClsRecordHook')]\n")
     wd = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")

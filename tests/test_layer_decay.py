@@ -8,8 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from conftest import ROOT, tiny_kwargs
-from nepa_eval.layer_decay import (LayerDecayLRHook, build_param_groups, decay_rate_at, layer_exponent,
-                                   sync_layer_decay)
+from nepa_eval.layer_decay import LayerDecayLRHook, build_param_groups, decay_rate_at, layer_exponent
 from nepa_eval.tasks.cls import NepaClassifier
 
 L = 3  # depth of the test model
@@ -77,7 +76,7 @@ def test_decay_rate_endpoints():
     assert decay_rate_at(0.5, 0.35, 1.0, "linear") == pytest.approx(0.675)
     assert decay_rate_at(0.25, 0.35, 1.0, "cosine") < decay_rate_at(0.25, 0.35, 1.0, "linear")
     with pytest.raises(ValueError):
-        LayerDecayLRHook(ramp="exponential", rate_end=1.0)
+        decay_rate_at(0.5, 0.35, 1.0, "exponential")
 
 
 @HOOKS.register_module()
@@ -105,7 +104,8 @@ def test_lr_each_group_gets_is_the_formula(tmp_path, ramp):
     r0, r1 = (0.65, None) if ramp == "constant" else (0.35, 1.0)
     cfg.merge_from_dict({
         "model.backbone": dict(tiny_kwargs(depth=L)), "model.num_classes": 10, "model.ckpt": None,
-        "layer_decay": dict(rate=r0, rate_end=r1, ramp=ramp),
+        "optim_wrapper.paramwise_cfg.layer_decay_rate": r0, "optim_wrapper.paramwise_cfg.layer_decay_rate_end": r1,
+        "optim_wrapper.paramwise_cfg.layer_decay_ramp": ramp,
         "train_dataloader.batch_size": 8, "train_dataloader.dataset.limit": 32,
         "train_cfg": dict(by_epoch=True, max_epochs=3, val_interval=100),
         "optim_wrapper.optimizer.lr": 1e-2, "optim_wrapper.paramwise_cfg.head_lr": 3e-3,
@@ -115,7 +115,6 @@ def test_lr_each_group_gets_is_the_formula(tmp_path, ramp):
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     cfg.custom_hooks = [h for h in cfg.custom_hooks if h["type"] == "LayerDecayLRHook"] + [dict(type="_LrProbeHook")]
     cfg.custom_hooks[0]["warmup_epochs"] = 0.75  # 3 of 4 iterations per epoch
-    sync_layer_decay(cfg)
     cfg.work_dir = str(tmp_path)
     cfg.experiment_name = f"lr_{ramp}"
     runner = Runner.from_cfg(cfg)
@@ -141,13 +140,23 @@ def test_lr_each_group_gets_is_the_formula(tmp_path, ramp):
     assert (ratios[0] == pytest.approx(ratios[1])) == (ramp == "constant")
 
 
-def test_variant_config_moves_the_hook():
-    """A variant sets only `layer_decay`; the hook entry and the constructor's initial rate follow it."""
+def test_the_hook_reads_the_schedule_the_constructor_recorded():
+    """The decay schedule is stated once (paramwise_cfg): the constructor records it on every parameter group and
+    the hook applies exactly that, so a variant or --cfg-options changes one place; the hook holds no rate."""
+    from mmengine.optim import build_optim_wrapper
+
     cfg = Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-b_in1k_constant-0.65.py"))
-    sync_layer_decay(cfg)
-    hook = next(h for h in cfg.custom_hooks if h["type"] == "LayerDecayLRHook")
-    assert (hook["rate"], hook["rate_end"], hook["ramp"]) == (0.65, None, "constant")
-    assert cfg.optim_wrapper.paramwise_cfg.decay_rate == 0.65
-    cfg.merge_from_dict({"layer_decay.ramp": "cosine", "layer_decay.rate": 0.35, "layer_decay.rate_end": 1.0})
-    sync_layer_decay(cfg)
-    assert (hook["rate"], hook["rate_end"], hook["ramp"]) == (0.35, 1.0, "cosine")
+    assert not {"rate", "rate_end", "ramp"} & set(next(h for h in cfg.custom_hooks if h["type"] == "LayerDecayLRHook"))
+    model = NepaClassifier(num_classes=3, backbone=dict(tiny_kwargs(depth=L)))
+    for (rate, end, ramp), want_mid in (((0.65, None, "constant"), 0.65), ((0.35, 1.0, "cosine"), 0.675)):
+        cfg.merge_from_dict({"optim_wrapper.paramwise_cfg.layer_decay_rate": rate,
+                             "optim_wrapper.paramwise_cfg.layer_decay_rate_end": end,
+                             "optim_wrapper.paramwise_cfg.layer_decay_ramp": ramp})
+        opt = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+        assert {(g["layer_decay_rate"], g["layer_decay_rate_end"], g["layer_decay_ramp"]) for g in opt.param_groups} \
+            == {(rate, end, ramp)}
+        hook = LayerDecayLRHook(warmup=0, schedule="constant")
+        hook.apply(opt, step=50, total=101)  # half-way: the ramp's middle
+        assert hook.current_rate == pytest.approx(want_mid)
+        g0 = next(g for g in opt.param_groups if g["layer_exponent"] == L - 1)  # block 0
+        assert g0["lr"] == pytest.approx(g0["base_lr"] * want_mid ** (L - 1))

@@ -20,7 +20,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.logging import MessageHub  # noqa: E402
 
 from nepa_eval.tasks.pretrain import (NepaHealthHook, NepaPretrainModel,  # noqa: E402
-                                      NepaPretrainOptimWrapperConstructor, apply_recipe, health_metrics)
+                                      apply_recipe, health_metrics)
 
 TINY_CFG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 
@@ -78,10 +78,13 @@ def test_masking_replaces_inputs_not_targets():
 
 
 def test_no_weight_decay_groups():
+    """The recipe's paramwise_cfg, given to mmengine's own constructor, spares biases, norms, LayerScale, tokens."""
+    from mmengine.optim import build_optim_wrapper
+
     m = tiny_model(mask_ratio=0.4)
-    ctor = NepaPretrainOptimWrapperConstructor(dict(type="OptimWrapper", optimizer=dict(
-        type="AdamW", lr=1e-3, weight_decay=0.05)))
-    opt = ctor(m).optimizer
+    ow = Config.fromfile(TINY_CFG).optim_wrapper
+    ow.optimizer.lr = 1e-3
+    opt = build_optim_wrapper(m, ow).optimizer
     wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     names = dict(m.named_parameters())
     assert len(wd_of) == len(names)
@@ -146,7 +149,7 @@ def run_cli(argv: list[str]) -> int:
 TINY_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
              "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=16", "train_dataloader.num_workers=0",
              "train_dataloader.persistent_workers=False", "knn_train.limit=200", "knn_test.limit=100",
-             "default_hooks.logger.interval=2", "health.interval=2"]
+             "default_hooks.logger.interval=2", "custom_hooks.1.interval=2"]
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
@@ -156,7 +159,7 @@ def test_tiny_run_is_self_describing_and_loads_through_the_door(tmp_path):
 
     wd = tmp_path / "run"
     rc = run_cli(["pretrain", "--config", TINY_CFG, "--work-dir", str(wd), "--cfg-options", *TINY_OPTS,
-                  "train_cfg.max_iters=8", "default_hooks.checkpoint.interval=4", "ema.momentum=0.2"])
+                  "train_cfg.max_iters=8", "default_hooks.checkpoint.interval=4", "custom_hooks.0.momentum=0.2"])
     assert rc == 0
     final = json.loads((wd / "final_metrics.json").read_text())
     assert final["task"] == "pretrain" and final["status"] == "ok" and final["steps"] == 8
@@ -214,8 +217,8 @@ def test_release_recipe_builds_and_steps_on_cpu(tmp_path):
                   "train_dataloader.dataset.source=fashion_mnist", "train_dataloader.dataset.root=None",
                   "train_dataloader.dataset.transform.img_size=28", "train_dataloader.batch_size=4",
                   "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
-                  "train_dataloader.pin_memory=False", "train_cfg.max_iters=8", "knn.enable=False",
-                  "default_hooks.logger.interval=4", "health.interval=4"])
+                  "train_dataloader.pin_memory=False", "train_cfg.max_iters=8", "custom_hooks.2.enabled=False",
+                  "default_hooks.logger.interval=4", "custom_hooks.1.interval=4"])
     assert rc == 0
     final = json.loads((wd / "final_metrics.json").read_text())
     assert final["status"] == "ok" and final["effective_batch"] == 16  # 4 x 1 process x 4 accumulation steps

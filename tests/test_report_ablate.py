@@ -6,7 +6,7 @@ import pytest
 from mmengine.config import Config
 
 from nepa_eval.cli import main as cli_main
-from nepa_eval.commands import ablate
+from nepa_eval import ablate
 from nepa_eval.engine import ROOT
 
 
@@ -95,14 +95,17 @@ def test_tiny_scale_finetune_tables_pretrain_once_and_chain(tmp_path, monkeypatc
     assert [c[0] for c in calls] == ["pretrain", "cls", "cls", "cls"]
     shared = str(tmp_path / "wd" / "tiny" / "_pretrain" / "backbone.safetensors")
     assert all(str(tmp_path / c[c.index("--ckpt") + 1]) == shared for c in calls[1:])
-    assert "layer_decay.ramp=linear" in calls[2] and "layer_decay.rate_end=1.0" in calls[2]
+    assert ("optim_wrapper.paramwise_cfg.layer_decay_ramp=linear" in calls[2]
+            and "optim_wrapper.paramwise_cfg.layer_decay_rate_end=1.0" in calls[2])
     ablate.run_tiny(ablate.load_spec("imagenet"), _args("wd"))
     assert [c[0] for c in calls[4:]] == ["cls", "cls"]  # shared pretraining reused; no Large rows at tiny scale
     assert root == ablate.Path("wd") / "tiny" / "layer_decay"
 
 
 def test_scale_settings_name_existing_configs():
-    for table in ablate.list_tables():
+    from nepa_eval.report import list_tables
+
+    for table in list_tables():
         spec = ablate.load_spec(table)
         for scale in ("tiny", "paper"):
             for stage in ablate.stages_to_run(spec, scale):

@@ -134,7 +134,7 @@ def test_frozen_backbone_has_no_gradients_and_no_drop_path():
     assert torch.equal(a, bb(x)[-1])  # drop path is off
     model = torch.nn.ModuleDict(dict(backbone=bb, head=torch.nn.Conv2d(32, 3, 1)))
     wrapper = LayerDecayOptimWrapperConstructor(
-        dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3)), dict(decay_rate=0.65))(model)
+        dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3)), dict(layer_decay_rate=0.65))(model)
     optimised = {id(p) for g in wrapper.optimizer.param_groups for p in g["params"]}
     assert optimised == {id(p) for p in model["head"].parameters()}
 
@@ -150,10 +150,15 @@ def tiny_ckpt(tmp_path):
 
 
 def test_pretrained_loads_exactly_with_the_checkpoints_architecture(tiny_ckpt):
+    """The config states the architecture (`nepa-eval seg --ckpt` writes the checkpoint's into it); the weights
+    load in init_weights, exactly; a config that builds a different MLP is refused there, never half-loaded."""
     m, path = tiny_ckpt
-    bb = NepaBackbone(arch=dict(embed_dim=32, depth=4, num_heads=2, patch_size=14),
-                      init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    assert bb.cfg.mlp_type == "swiglu"  # the rest of the architecture comes from the checkpoint
+    short = NepaBackbone(arch=dict(embed_dim=32, depth=4, num_heads=2, patch_size=14),
+                         init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    assert short.cfg.mlp_type == "gelu"  # the constructor reads no file: the arch says gelu
+    with pytest.raises(CheckpointError, match="mlp"):
+        short.init_weights()
+    bb = NepaBackbone(arch={**ARCH14, "mlp_type": "swiglu"}, init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     assert bb.causal is False  # bidirectional for dense prediction, whatever the checkpoint was trained with
     bb.init_weights()
     own = bb.state_dict()
@@ -165,15 +170,17 @@ def test_pretrained_loads_exactly_with_the_checkpoints_architecture(tiny_ckpt):
 
 def test_size_mismatch_is_a_clear_error(tiny_ckpt):
     _, path = tiny_ckpt
+    bb = NepaBackbone(arch="base", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     with pytest.raises(CheckpointError, match=r"checkpoint is a NEPA .*embed_dim 32.* config builds NEPA-base"):
-        NepaBackbone(arch="base", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+        bb.init_weights()
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}}, path)
+    bb = NepaBackbone(arch="base", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
     with pytest.raises(CheckpointError, match="does not look like a NEPA/ViT checkpoint"):
-        NepaBackbone(arch="base", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+        bb.init_weights()
 
 
 def test_partial_checkpoint_never_loads_silently(tiny_ckpt, tmp_path):
@@ -209,8 +216,9 @@ def test_b_and_l_configs_inherit_the_mae_anchor_recipe():
     assert b.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
     assert b.param_scheduler == []
     hook = [h for h in b.custom_hooks if h.type == "LayerDecayLRHook"][0]
-    assert (hook.warmup, hook.schedule, hook.power, hook.rate) == (1500, "poly", 1.0, 0.65)
-    assert b.layer_decay == dict(rate=0.65, rate_end=None, ramp="constant")
+    assert (hook.warmup, hook.schedule, hook.power) == (1500, "poly", 1.0)
+    pw = b.optim_wrapper.paramwise_cfg
+    assert (pw.layer_decay_rate, pw.layer_decay_rate_end, pw.layer_decay_ramp) == (0.65, None, "constant")
     assert "backbones.nepa.mmseg_backbone" in b.custom_imports.imports
     whole = Config.fromfile(str(B_CFG).replace(".py", "_whole.py"))
     assert whole.model.test_cfg == dict(mode="whole")

@@ -155,9 +155,39 @@ class RawCheckpoint:
     notes: list[str] = field(default_factory=list)
 
 
+_HELD: dict[tuple, RawCheckpoint] = {}
+
+
+def _held_key(path: str | os.PathLike, ema: bool) -> tuple:
+    """The file (or directory), its modification time and size, and the EMA switch: a rewritten file never
+    hands over what was held for its earlier contents."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return str(p), st.st_mtime_ns, st.st_size, bool(ema)
+
+
+def _copy(raw: RawCheckpoint) -> RawCheckpoint:
+    """A RawCheckpoint whose dict and notes the caller may change (the tensors are shared, not copied)."""
+    return RawCheckpoint(dict(raw.state_dict), raw.fmt, raw.hf_config, raw.nepa_config, list(raw.notes))
+
+
+def hold_checkpoint(path: str | os.PathLike, ema: bool = False, raw: Optional[RawCheckpoint] = None) -> RawCheckpoint:
+    """Read a checkpoint and keep it for the next `read_checkpoint` of the same file in this process, which takes
+    it instead of reading the disk again: a task reads a file once to resolve the architecture it writes into
+    the config, and the model mmengine later builds from that config loads the same tensors. `raw`: hold what
+    the caller already read."""
+    raw = raw if raw is not None else read_checkpoint(path, ema=ema)
+    _HELD[_held_key(path, ema)] = _copy(raw)
+    return raw
+
+
 def read_checkpoint(path: str | os.PathLike, ema: bool = False) -> RawCheckpoint:
-    """Read any supported file or directory into a RawCheckpoint (no model needed)."""
+    """Read any supported file or directory into a RawCheckpoint (no model needed); a checkpoint held by
+    `hold_checkpoint` is handed over (once) instead of being read again."""
     p = Path(path)
+    held = _HELD.pop(_held_key(p, ema), None) if p.exists() else None
+    if held is not None:
+        return held
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p} (check the path; a Hugging Face model must be a local "
                               "directory holding config.json and model.safetensors)")

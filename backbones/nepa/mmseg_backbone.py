@@ -13,9 +13,10 @@ weight door and the layer-decay groups apply unchanged) with:
   so UPerNet's resizes and the final logit resize line up. When the input is already a multiple of
   2 * patch the maps are returned untouched.
 - Weights only through the checkpoint door (``init_cfg=dict(type='Pretrained', checkpoint=...)`` or
-  ``pretrained=...``), loaded in ``init_weights``; any key that does not fit is an error, never a
-  silent partial load. The architecture comes from the checkpoint; ``arch`` says what the config
-  expects and a different size is an error naming the config to use.
+  ``pretrained=...``), loaded in ``init_weights`` (the constructor never reads a file); any key that
+  does not fit is an error, never a silent partial load. ``arch`` is the architecture the config
+  builds (`nepa-eval seg --ckpt` writes the checkpoint's own there); a checkpoint of another
+  architecture is an error naming the config to use.
 """
 from __future__ import annotations
 
@@ -26,12 +27,17 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from .checkpoint import CheckpointError, _load_into, read_checkpoint, resolve_config, to_nepa_state_dict
+from .checkpoint import CheckpointError, read_checkpoint, resolve_config, to_nepa_state_dict
+from .checkpoint import _load_into as load_state_dict_into
 from .model import SIZES, NepaConfig, NepaViT
 
 SIZE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size")
+# fields that change the numerics without any weight to show it (a strict load cannot catch them)
+NUMERICS_KEYS = ("pos_embed", "rope_theta", "class_token", "norm_eps", "final_norm")
 # fields a segmentation config sets itself; everything else about the architecture comes from the checkpoint
 SEG_FIELDS = ("causal", "drop_path_rate", "pad_to_patch", "num_classes", "global_pool", "img_size")
 
@@ -71,6 +77,12 @@ def check_arch(expected: str | dict, found: dict[str, Any], path: str) -> None:
     default_patch = NepaConfig.__dataclass_fields__["patch_size"].default
     diff = [k for k in SIZE_KEYS if k in exp or k == "patch_size"
             if exp.get(k, default_patch if k == "patch_size" else None) != found.get(k)]
+    numerics = [f"{k} {exp[k]!r} vs {found[k]!r}" for k in NUMERICS_KEYS if k in exp and k in found
+                and exp[k] != found[k]]
+    if numerics and not diff:
+        raise CheckpointError(f"{path}: the checkpoint's architecture differs from what the config builds in "
+                              f"fields that carry no weights (config vs checkpoint: {'; '.join(numerics)}); set "
+                              "model.backbone.arch to the checkpoint's, or let 'nepa-eval seg --ckpt' write it.")
     if diff:
         want = {**{"patch_size": default_patch}, **exp}
         hint = size_name(found)
@@ -110,15 +122,18 @@ def align_to_image(feat: torch.Tensor, image_hw: tuple[int, int], patch: int, gr
 
 
 @MODELS.register_module()
-class NepaBackbone(NepaViT):
+class NepaBackbone(NepaViT, BaseModule):
     """NEPA ViT for mmseg: `out_indices` block outputs as NCHW maps aligned to the image (see module doc).
 
-    arch: size name or NepaConfig fields the config expects (a checkpoint supplies the rest and must
-    match its size). out_indices: None -> the MAE pattern for the depth. out_norm: apply the final
-    LayerNorm to each output (False, as mmseg's MAE; the unused norm is then dropped). out_stride:
-    stride of the output grid (None -> the patch). frozen: no gradients and always in eval mode (no drop
-    path), for linear-probe segmentation of the pretrained features (DINOv2's protocol); the optimiser
-    leaves the frozen parameters out. Extra keyword arguments are NepaConfig overrides.
+    An mmengine BaseModule as mmseg's MAE backbone: the constructor builds the architecture `arch` says and
+    never touches disk; the weights load in ``init_weights()`` from ``init_cfg=dict(type='Pretrained',
+    checkpoint=...)`` (or ``pretrained=...``), where a checkpoint of another architecture is an error naming the
+    difference. arch: a size name or NepaConfig fields (`nepa-eval seg --ckpt` writes the checkpoint's whole
+    architecture here). out_indices: None -> the MAE pattern for the depth. out_norm: apply the final LayerNorm
+    to each output (False, as mmseg's MAE; the unused norm is then dropped). out_stride: stride of the output
+    grid (None -> the patch). frozen: no gradients and always in eval mode (no drop path), for linear-probe
+    segmentation of the pretrained features (DINOv2's protocol); the optimiser leaves the frozen parameters out.
+    Extra keyword arguments are NepaConfig overrides.
     """
 
     def __init__(self, arch: str | dict = "base", out_indices: Optional[Sequence[int]] = None, causal: bool = False,
@@ -127,14 +142,10 @@ class NepaBackbone(NepaViT):
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict | list] = None, **overrides: Any) -> None:
         checkpoint, prefix = self._checkpoint_from(pretrained, init_cfg)
-        cfg, pending = arch_dict(arch), None
-        if checkpoint and Path(checkpoint).exists():
-            pending, found = self._read(checkpoint, prefix)
-            check_arch(arch, found, checkpoint)
-            cfg = {k: v for k, v in found.items() if k not in SEG_FIELDS}
+        cfg = {k: v for k, v in arch_dict(arch).items() if k not in SEG_FIELDS}
         cfg.update(overrides, causal=causal, drop_path_rate=drop_path_rate, pad_to_patch=True, num_classes=0)
-        super().__init__(NepaConfig.from_dict(cfg))
-        self.checkpoint, self.checkpoint_prefix, self._pending = checkpoint, prefix, pending
+        super().__init__(NepaConfig.from_dict(cfg))  # NepaViT, then BaseModule (init_cfg set below)
+        self.checkpoint, self.checkpoint_prefix = checkpoint, prefix
         depth = len(self.blocks)
         self.out_indices = list(default_out_indices(depth) if out_indices is None else out_indices)
         bad = [i for i in self.out_indices if not -depth <= i < depth]
@@ -155,8 +166,9 @@ class NepaBackbone(NepaViT):
         self._built = True
 
     @staticmethod
-    def _read(path: str, prefix: Optional[str]) -> tuple[tuple, dict[str, Any]]:
-        """((state dict in our names, format, notes), the architecture it describes) of a checkpoint."""
+    def _read(path: str, prefix: Optional[str]) -> tuple[dict[str, torch.Tensor], str, list[str], dict[str, Any]]:
+        """(state dict in our names, format, notes, the architecture it describes) of a checkpoint; a file the
+        task already read (to write its architecture into the config) is handed over, not read again."""
         raw = read_checkpoint(path)
         prefix = prefix if prefix is not None else checkpoint_prefix(list(raw.state_dict))
         if prefix:
@@ -165,8 +177,7 @@ class NepaBackbone(NepaViT):
                 raise CheckpointError(f"{path}: no keys start with the prefix {prefix!r}")
             raw.notes.append(f"took the keys under {prefix!r}")
         sd, notes = to_nepa_state_dict(raw)
-        found = resolve_config(raw, sd, notes)
-        return (sd, raw.fmt, notes), found
+        return sd, raw.fmt, notes, resolve_config(raw, sd, notes)
 
     @staticmethod
     def _checkpoint_from(pretrained: Optional[str], init_cfg: Optional[dict | list]) -> tuple[Optional[str], Optional[str]]:
@@ -188,22 +199,15 @@ class NepaBackbone(NepaViT):
         if self.checkpoint is None:
             self.is_init = True
             return
-        if self._pending is None:  # the file was not there at construction: read it now (a clear error if absent)
-            self._pending, found = self._read(self.checkpoint, self.checkpoint_prefix)
-            check_arch(self.cfg.to_dict(), found, self.checkpoint)
-        sd, fmt, notes = self._pending
+        sd, fmt, notes, found = self._read(self.checkpoint, self.checkpoint_prefix)
+        check_arch(self.cfg.to_dict(), found, self.checkpoint)
         ignored = [k for k in sd if k.startswith("norm.")] if not self.out_norm else []
         sd = {k: v for k, v in sd.items() if k not in ignored}
-        report = _load_into(self, sd, self.checkpoint, fmt, list(notes), strict=True, allow_new_head=True)
+        report = load_state_dict_into(self, sd, self.checkpoint, fmt, list(notes), strict=True, allow_new_head=True)
         if ignored:
             report.notes.append("final norm not used by the segmentation backbone (out_norm=False)")
-        self.load_report, self._pending, self.is_init = report, None, True
-        try:
-            from mmengine.logging import print_log
-
-            print_log(f"[nepa] backbone: {report}", logger="current")
-        except ImportError:
-            print(f"[nepa] backbone: {report}")
+        self.load_report, self.is_init = report, True
+        print_log(f"[nepa] backbone: {report}", logger="current")
 
     def train(self, mode: bool = True) -> "NepaBackbone":
         """A frozen backbone stays in eval mode whatever the segmentor is switched to."""

@@ -3,8 +3,7 @@ _base_ = ['./nepa-b_in1k.py']
 model = dict(backbone=dict(model_name='nepa_large_patch14_224', drop_path_rate=0.2))
 optim_wrapper = dict(optimizer=dict(lr=4e-3))
 custom_hooks = [
-    dict(type='LayerDecayLRHook', warmup_epochs=30, schedule='cosine', min_lr_ratio=0.0, rate=0.35, rate_end=1.0,
-         ramp='linear'),
+    dict(type='LayerDecayLRHook', warmup_epochs=30, schedule='cosine', min_lr_ratio=0.0),
     dict(type='EMAHook', momentum=1e-4),
     dict(type='ClsRecordHook', protocol='finetune'),
 ]

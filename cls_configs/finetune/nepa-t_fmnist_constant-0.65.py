@@ -1,3 +1,3 @@
 # Decay-schedule comparison on the CPU proxy: constant 0.65.
 _base_ = ['./nepa-t_fmnist.py']
-layer_decay = dict(rate=0.65, rate_end=None, ramp='constant')
+optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.65, layer_decay_rate_end=None, layer_decay_ramp='constant'))

@@ -5,8 +5,7 @@ model = dict(backbone=dict(_delete_=True, embed_dim=128, depth=4, num_heads=4, m
 optim_wrapper = dict(optimizer=dict(lr=0.1))
 train_cfg = dict(by_epoch=True, max_epochs=6, val_interval=2)
 custom_hooks = [
-    dict(type='LayerDecayLRHook', warmup_epochs=1, schedule='cosine', min_lr_ratio=0.0, rate=1.0, rate_end=None,
-         ramp='constant'),
+    dict(type='LayerDecayLRHook', warmup_epochs=1, schedule='cosine', min_lr_ratio=0.0),
     dict(type='ClsRecordHook', protocol='linear'),
 ]
 train_dataloader = dict(dataset=dict(transform=dict(_delete_=True, kind='pretrain', img_size=28, mean=(0.5, 0.5, 0.5),

@@ -9,6 +9,9 @@ optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16', accumulative_coun
 # 1600 epochs of 1,281,167 images at 4096 per update, counted in micro-batches (x accumulation steps).
 train_cfg = dict(max_iters=1600 * 1281167 // 4096 * 4)
 default_hooks = dict(checkpoint=dict(interval=5000, max_keep_ckpts=3), logger=dict(interval=50))
-health = dict(interval=50)
-knn = dict(interval=20000)
+custom_hooks = [
+    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=1e-4, update_buffers=True, priority=49),
+    dict(type='NepaHealthHook', interval=50),
+    dict(type='KnnMonitorHook', interval=20000),
+]
 env_cfg = dict(dist_cfg=dict(backend='nccl'))

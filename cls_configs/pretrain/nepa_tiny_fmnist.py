@@ -11,7 +11,10 @@ train_cfg = dict(max_iters=600)
 base_lr = 1.5e-3  # x 128/256; a tiny model takes a larger rate than ViT-B
 optim_wrapper = dict(type='OptimWrapper')
 default_hooks = dict(checkpoint=dict(interval=200, max_keep_ckpts=2), logger=dict(interval=20))
-health = dict(interval=20)
-ema = dict(enable=True, momentum=0.01)  # decay 0.99: a short run needs a short average
-knn = dict(enable=True, interval=0, blocks=[1])  # final features and block 1's (mid-depth, iGPT-style)
+custom_hooks = [
+    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.01, update_buffers=True,  # decay 0.99:
+         priority=49),  # a short run needs a short average
+    dict(type='NepaHealthHook', interval=20),
+    dict(type='KnnMonitorHook', interval=0, layers=[None, 1]),  # final features and block 1's (iGPT-style)
+]
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -1,5 +1,5 @@
-"""`nepa-eval seg --ckpt PATH [--config CFG] [--data-root DIR] [--work-dir DIR] [--resume] [--test-only]
-[--inference slide|whole] [--launcher pytorch] [--amp] [--cfg-options k=v ...]`.
+"""`nepa-eval seg --ckpt PATH|none [--config CFG] [--data-root DIR] [--work-dir DIR] [--resume] [--test-only]
+[--inference slide|whole] [--launcher pytorch] [--amp] [--compile] [--cfg-options k=v ...]`.
 
 NEPA + UPerNet in mmsegmentation (nepa_eval/tasks/seg.py, seg_configs/). Without --config the ADE20K config
 is picked from the checkpoint's size (ViT-B -> nepa-b, ViT-L -> nepa-l). Trains, then evaluates; the run
@@ -9,15 +9,13 @@ and mmengine checkpoints (--resume continues from the last one).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from nepa_eval.engine import add_runner_args
 
     p.add_argument("--ckpt", help="NEPA checkpoint in any format the weight door reads (pretrained backbone), or a "
-                                  "trained segmentor checkpoint; omitted: random initialisation")
+                                  "trained segmentor checkpoint; 'none' or omitted: random initialisation")
     add_runner_args(p)
     p.add_argument("--data-root", help="dataset folder in the ADE20K layout: ADEChallengeData2016/{images,annotations}"
                                        "/{training,validation} (the folder holding ADEChallengeData2016, or it itself)")
@@ -29,9 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nepa_eval.tasks.seg import run
+    from nepa_eval.tasks import seg
 
-    final = run(args)
-    keys = ("status", "steps", "mIoU", "aAcc", "mAcc")
-    print(json.dumps({k: final.get(k) for k in keys if k in final}), file=sys.stdout)
-    return 0 if final.get("status") in ("ok", None) else 1
+    return seg.run(seg.build_cfg(args))

@@ -7,6 +7,7 @@ applies. Training uses timm's Mixup/CutMix and losses. `ClsValLoop` evaluates th
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -22,10 +23,11 @@ from nepa_eval import datasets as _datasets
 from nepa_eval import layer_decay as _layer_decay  # noqa: F401  (registers the constructor and LR hook)
 from nepa_eval.engine import update_final
 
+_datasets.register()
+
 # NepaConfig fields a fine-tuning config may change on top of a checkpoint's architecture: they carry no weights
 RUNTIME_FIELDS = ("causal", "drop_path_rate", "rope_rescale", "pad_to_patch", "global_pool")
 
-_datasets.register()
 
 
 def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, num_classes: Optional[int] = 0,
@@ -249,5 +251,170 @@ class ClsRecordHook(Hook):
             update_final(runner.work_dir, **{k: metrics[k] for k in ("top1", "top5") if k in metrics})
 
 
-__all__ = ["NepaClassifier", "TopKAccuracy", "ClsValLoop", "ClsRecordHook", "build_backbone", "find_ema_hook",
+# ----------------------------------------------------------------------------------------------
+# the task: `nepa-eval cls`
+# ----------------------------------------------------------------------------------------------
+DEFAULT_CONFIGS = {
+    "finetune": "cls_configs/finetune/nepa-b_in1k.py",
+    "linear": "cls_configs/linear/nepa-b_in1k.py",
+    "knn": "cls_configs/linear/knn_in1k.py",
+}
+SCRATCH = ("none", "scratch", "random")
+
+
+def data_source(data: str) -> dict[str, Any]:
+    """{'source', 'root'} for a --data argument."""
+    if data.lower().replace("-", "_") in ("fashion_mnist", "fmnist"):
+        return dict(source="fashion_mnist", root=None)
+    d = Path(data)
+    if not d.exists():
+        raise FileNotFoundError(f"--data {data}: no such directory")
+    if any((d / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        return dict(source="hf", root=str(d))
+    if d.is_dir():
+        return dict(source="folder", root=str(d))
+    raise ValueError(f"--data {data}: not a directory (expected an ImageFolder root or a saved HF dataset)")
+
+
+def _check_data(cfg: Any, need_train: bool = True) -> int:
+    """Open the train and val datasets (first image of each) and return their common class count."""
+    counts = {}
+    for name in (["train_dataloader"] if need_train else []) + ["val_dataloader"]:
+        ds_cfg = {k: v for k, v in cfg[name].dataset.items() if k not in ("type", "transform")}
+        try:
+            ds = _datasets.ImageDataset(**ds_cfg)
+            ds.load_image(0)
+        except _datasets.DataError as e:
+            raise _datasets.DataError(f"{name.split('_')[0]} data: {e}") from None
+        counts[name.split("_")[0]] = (ds.num_classes, len(ds))
+    classes = {c for c, _ in counts.values()}
+    if len(classes) > 1:
+        raise ValueError(f"class count mismatch between splits: {counts} (classes, images); the train and val "
+                         "splits must hold the same classes")
+    return classes.pop()
+
+
+def _checkpoint_head(ckpt: str, ema: bool) -> tuple[int, list[str]]:
+    """(classes of the checkpoint's head (0: none), head parts missing) from ONE read of the file; the parsed
+    checkpoint is held for the model the Runner builds, so the run reads the file once."""
+    from backbones.nepa.checkpoint import hold_checkpoint, resolve_config, to_nepa_state_dict
+
+    try:
+        raw = hold_checkpoint(ckpt, ema=ema)
+        sd, notes = to_nepa_state_dict(raw)
+        arch = resolve_config(raw, sd, notes)
+    except CheckpointError as e:
+        raise e if str(ckpt) in str(e) else CheckpointError(f"{ckpt}: {e}") from e
+    except (KeyError, IndexError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}: not a NEPA backbone checkpoint (no ViT blocks / patch embedding found: "
+                              f"{type(e).__name__} {e}). Give a NEPA pretraining or fine-tuning checkpoint, or a "
+                              "release model directory.") from e
+    classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else int(arch.get("num_classes") or 0)
+    missing = [k for k in ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias") if k not in sd] if classes else []
+    return classes, missing
+
+
+def _mixup_active(model_cfg: Any) -> bool:
+    m = model_cfg.get("mixup") or {}
+    return bool(m) and (m.get("mixup_alpha", 0) > 0 or m.get("cutmix_alpha", 0) > 0
+                        or m.get("cutmix_minmax") is not None)
+
+
+def build_cfg(args: Any) -> Any:
+    """The resolved config of a classification run: protocol, checkpoint (read once, checked), data and class
+    count, best-checkpoint rule, and for eval-only a test-only config (no training parts)."""
+    from nepa_eval.engine import load_config
+
+    if not args.config:
+        args.config = DEFAULT_CONFIGS[args.protocol or "finetune"]
+    cfg = load_config(args, "cls")
+    cfg_protocol = cfg.get("protocol", "finetune")
+    protocol = args.protocol or cfg_protocol
+    if protocol != "knn" and cfg_protocol != protocol:
+        raise ValueError(f"--protocol {protocol} with {args.config}, a {cfg_protocol} config; give a "
+                         f"cls_configs/{'linear' if protocol == 'linear' else 'finetune'}/ config")
+    if not args.work_dir and cfg_protocol != protocol:
+        cfg.work_dir = str(Path(cfg.work_dir).with_name(Path(cfg.work_dir).name + f"_{protocol}"))
+    ckpt = args.ckpt if args.ckpt is not None else cfg.model.get("ckpt")
+    if ckpt is None:
+        raise ValueError("give --ckpt PATH (a NEPA checkpoint), or --ckpt none to train from random initialisation")
+    ckpt = None if (str(ckpt).lower() in SCRATCH and not Path(ckpt).exists()) else str(ckpt)
+    eval_only = bool(getattr(args, "eval_only", False))
+    if ckpt is None and (protocol != "finetune" or eval_only):
+        raise ValueError(f"{'--eval-only' if eval_only else '--protocol ' + protocol} needs a checkpoint "
+                         "(--ckpt PATH), not random initialisation")
+    if getattr(args, "data", None):
+        src = data_source(args.data)
+        for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            if cfg.get(key):
+                cfg[key].dataset.update(src)
+    num_classes = _check_data(cfg, need_train=not eval_only)
+    want = cfg.model.get("num_classes")
+    if want is not None and want != num_classes:
+        raise ValueError(f"class count mismatch: the config says model.num_classes={want}, the data has "
+                         f"{num_classes} classes")
+    if ckpt is not None:
+        head, missing = _checkpoint_head(ckpt, bool(args.ema))
+        if eval_only:
+            if head == 0:
+                raise ValueError(f"--eval-only: {ckpt} is a backbone without a classifier head; fine-tune it "
+                                 "first, or use --protocol linear / knn")
+            if head != num_classes:
+                raise ValueError(f"class count mismatch: {ckpt} has a {head}-class head, the data has "
+                                 f"{num_classes} classes")
+            if missing:
+                raise ValueError(f"--eval-only: {ckpt} lacks parts of its classifier ({', '.join(missing)}); "
+                                 "cannot evaluate it as is")
+    cfg.protocol = "eval-only" if eval_only else protocol
+    cfg.model.ckpt, cfg.model.ckpt_ema, cfg.model.num_classes = ckpt, bool(args.ema), num_classes
+    if protocol == "knn":
+        return cfg
+    for h in cfg.get("custom_hooks", []):
+        if h.get("type") == "ClsRecordHook":
+            h["protocol"] = cfg.protocol
+    align_save_best(cfg)
+    if eval_only:
+        _to_eval_only(cfg)
+    elif _mixup_active(cfg.model):
+        bs, drop = cfg.train_dataloader.batch_size, cfg.train_dataloader.get("drop_last", False)
+        if bs % 2 or not drop:
+            raise ValueError(f"Mixup/CutMix needs even batches: train_dataloader.batch_size={bs}, drop_last={drop}; "
+                             "use an even batch size with drop_last=True, or set model.mixup=None")
+    return cfg
+
+
+def _to_eval_only(cfg: Any) -> None:
+    """A test-only config: architecture, attention mode and head all from the checkpoint, no training parts."""
+    cfg.model.backbone = {}
+    cfg.model.mixup = None
+    cfg.model.freeze_patch_embed = False
+    cfg.model.linear_probe = False
+    cfg.custom_hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") not in ("EMAHook", "LayerDecayLRHook")]
+    for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
+        cfg.pop(key, None)
+    cfg.test_dataloader = cfg.val_dataloader
+
+
+def run(cfg: Any) -> int:
+    """Fine-tune / linear probe (train), evaluate only (test), or k-NN, as cfg.protocol says."""
+    from nepa_eval.engine import build_runner, train
+
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.protocol == "knn":
+        from nepa_eval.tasks import knn
+
+        return knn.run(knn.cfg_from_cls(cfg))
+    base = dict(task="cls", protocol=cfg.protocol, ckpt=cfg.model.ckpt or "random-init")
+    if cfg.protocol != "eval-only":
+        update_final(cfg.work_dir, **base, num_classes=cfg.model.num_classes)
+        train(cfg)
+        return 0
+    update_final(cfg.work_dir, **base, ema=cfg.model.ckpt_ema, steps=0)
+    metrics = build_runner(cfg).test()
+    update_final(cfg.work_dir, status="ok", top1=metrics.get("top1"), top5=metrics.get("top5"), steps=0)
+    print(f"[nepa] eval-only {cfg.model.ckpt}: top-1 {metrics.get('top1'):.2f}  top-5 {metrics.get('top5'):.2f}")
+    return 0
+
+
+__all__ = ["build_cfg", "run", "NepaClassifier", "TopKAccuracy", "ClsValLoop", "ClsRecordHook", "build_backbone", "find_ema_hook",
            "align_save_best"]

@@ -2,7 +2,6 @@
 
 - `NepaPretrainModel`: an mmengine BaseModel around `backbones.nepa.NepaObjective` (every switch of the
   paper's ablations: shift, causal, stop_grad, mask_ratio, and the backbone's architecture fields).
-- `NepaPretrainOptimWrapperConstructor`: no weight decay on biases, norms, LayerScale, cls/mask tokens.
 - `NepaHealthHook`: loss, cosine, output std, effective rank; the collapse detector; non-finite grad norms.
 - `KnnMonitorHook`: DINO-style k-NN accuracy of the frozen backbone during and after training.
 - `NepaCheckpointHook`: mmengine checkpoints written atomically (a half-written file never replaces the
@@ -14,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -26,15 +26,15 @@ from mmengine.dist import all_reduce, get_world_size, is_distributed, is_main_pr
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
-from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
+from mmengine.registry import HOOKS, MODELS
 
 from backbones.nepa import NepaConfig, NepaObjective, NepaViT, save_checkpoint
 from nepa_eval.bench import bench
 from nepa_eval.engine import append_scalars, update_final
+from nepa_eval.knn import knn_eval
+from nepa_eval import datasets as _datasets
 
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")
-
+_datasets.register()  # the training data's dataset type and collate function, for mmengine's own Runner too
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN/inf; the message has the step, learning rate and grad norm."""
@@ -108,28 +108,6 @@ class NepaPretrainModel(BaseModel):
 # ----------------------------------------------------------------------------------------------
 # parameter groups, learning rate and schedule
 # ----------------------------------------------------------------------------------------------
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases, norm weights and LayerScale gammas (all 1-D) and the cls/mask tokens get no weight decay."""
-    return param.ndim < 2 or name.split(".")[-1] in NO_DECAY_NAMES
-
-
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class NepaPretrainOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """Two parameter groups: weight decay on matrices, none on biases/norms/LayerScale/tokens (the release)."""
-
-    def __call__(self, model: torch.nn.Module):
-        model = getattr(model, "module", model)
-        opt_cfg = dict(self.optimizer_cfg)
-        wd = opt_cfg.get("weight_decay", 0.0)
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                (no_decay if no_weight_decay(name, p) else decay).append(p)
-        opt_cfg["params"] = [dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)]
-        optimizer = OPTIMIZERS.build(opt_cfg)
-        return OPTIM_WRAPPERS.build(self.optim_wrapper_cfg, default_args=dict(optimizer=optimizer))
-
-
 def effective_batch(cfg: Any, world_size: Optional[int] = None) -> int:
     """Images per optimizer update: per-process batch x processes x gradient-accumulation steps."""
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
@@ -244,35 +222,6 @@ class NepaHealthHook(Hook):
 # ----------------------------------------------------------------------------------------------
 # k-NN monitor
 # ----------------------------------------------------------------------------------------------
-def knn_eval(backbone: NepaViT, train_data: dict, test_data: dict, k: int = 20, temperature: float = 0.07,
-             batch_size: int = 256, num_workers: int = 0, pool: str = "avg",
-             device: Optional[torch.device] = None, layers: Sequence[Optional[int]] = (None,)) -> dict[str, float]:
-    """k-NN top-1/top-5 (percent) of a frozen backbone: features of `train_data` vote for `test_data`.
-
-    `layers`: None = the final features (knn_top1); an int k adds knn_top1_block{k} from block k's output."""
-    from torch.utils.data import DataLoader
-
-    from nepa_eval.datasets import ImageDataset, collate
-    from nepa_eval.knn import extract_features, knn_accuracy
-
-    def loader(spec: dict) -> DataLoader:
-        spec = dict(spec)
-        spec.setdefault("transform", dict(kind="resize", img_size=backbone.cfg.img_size))
-        return DataLoader(ImageDataset(**spec), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                          collate_fn=collate)
-
-    train_loader, test_loader = loader(train_data), loader(test_data)
-    out: dict[str, float] = {}
-    for layer in layers:
-        ftr, ltr = extract_features(backbone, train_loader, device=device, pool=pool, layer=layer)
-        fte, lte = extract_features(backbone, test_loader, device=device, pool=pool, layer=layer)
-        num_classes = max(len(train_loader.dataset.classes), int(ltr.max()) + 1, int(lte.max()) + 1)
-        res = knn_accuracy(ftr, ltr, fte, lte, num_classes, k=k, temperature=temperature)
-        suffix = "" if layer is None else f"_block{layer}"
-        out.update({f"{key}{suffix}": v for key, v in res.items()})
-    return out
-
-
 def _ema_backbone(runner) -> Optional[NepaViT]:
     for hook in runner.hooks:
         ema = getattr(hook, "ema_model", None)
@@ -285,16 +234,28 @@ def _ema_backbone(runner) -> Optional[NepaViT]:
 class KnnMonitorHook(Hook):
     """k-NN accuracy (DINO style: cosine, k=20, T=0.07) of the frozen backbone every `interval` steps
     (0: only at the end) and after training; the final numbers go into final_metrics.json as knn_top1
-    (the raw weights, what `from_pretrained(ckpt)` returns) and knn_top1_ema when EMA is on."""
+    (the raw weights, what `from_pretrained(ckpt)` returns) and knn_top1_ema when an EMAHook runs and `ema`.
+
+    train_data / test_data: ImageDataset arguments; None takes the config's top-level ``knn_train`` /
+    ``knn_test`` (the data ``_base_`` files define them beside the training data). `layers`: None = the final
+    features, an int k adds block k's output (knn_top1_block{k}). `enabled` False: the hook does nothing."""
 
     priority = "LOW"
 
-    def __init__(self, train_data: dict, test_data: dict, interval: int = 0, k: int = 20,
-                 temperature: float = 0.07, batch_size: int = 256, pool: str = "avg",
-                 layers: Sequence[Optional[int]] = (None,)) -> None:
+    def __init__(self, train_data: Optional[dict] = None, test_data: Optional[dict] = None, interval: int = 0,
+                 k: int = 20, temperature: float = 0.07, batch_size: int = 256, pool: str = "avg",
+                 layers: Sequence[Optional[int]] = (None,), ema: bool = True, enabled: bool = True) -> None:
         self.train_data, self.test_data, self.interval = train_data, test_data, interval
         self.k, self.temperature, self.batch_size, self.pool = k, temperature, batch_size, pool
-        self.layers = list(layers)
+        self.layers, self.ema, self.enabled = list(layers), ema, enabled
+
+    def before_run(self, runner) -> None:
+        for attr, key in (("train_data", "knn_train"), ("test_data", "knn_test")):
+            if getattr(self, attr) is None:
+                setattr(self, attr, runner.cfg.get(key))
+        if self.enabled and (self.train_data is None or self.test_data is None):
+            raise ValueError("KnnMonitorHook needs train_data and test_data (or the config's knn_train / knn_test); "
+                             "set enabled=False to run without the k-NN monitor")
 
     def _eval(self, runner, backbone: NepaViT) -> dict[str, float]:
         t = time.time()
@@ -306,7 +267,8 @@ class KnnMonitorHook(Hook):
         return res
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if not self.interval or not self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner):
+        if (not self.enabled or not self.interval or not self.every_n_train_iters(runner, self.interval)
+                or self.is_last_train_iter(runner)):
             return
         if is_main_process():
             res = self._eval(runner, getattr(runner.model, "module", runner.model).backbone)
@@ -314,11 +276,11 @@ class KnnMonitorHook(Hook):
             runner.visualizer.add_scalars({f"knn/{k}": v for k, v in res.items()}, step=runner.iter + 1)
 
     def after_train(self, runner) -> None:
-        if not is_main_process():
+        if not self.enabled or not is_main_process():
             return
         res = self._eval(runner, getattr(runner.model, "module", runner.model).backbone)
         final = dict(res)
-        ema = _ema_backbone(runner)
+        ema = _ema_backbone(runner) if self.ema else None
         if ema is not None:
             final.update({f"{k}_ema": v for k, v in self._eval(runner, ema).items()})
         append_scalars(runner.work_dir, {"step": runner.iter, **final})
@@ -423,6 +385,42 @@ class NepaCheckpointHook(CheckpointHook):
             save_checkpoint(ema, wd / "backbone_ema.safetensors")
             files["backbone_ema"] = "backbone_ema.safetensors"
         update_final(wd, nepa_config=model.nepa_config(), **files)
+
+
+# ----------------------------------------------------------------------------------------------
+# the task: `nepa-eval pretrain`
+# ----------------------------------------------------------------------------------------------
+def build_cfg(args: Any) -> Any:
+    """The pretraining config with --cfg-options and the recipe's derived values (lr from the effective batch,
+    warm-up + cosine from max_iters) resolved; everything else, hooks included, is the config file's."""
+    from nepa_eval.engine import load_config
+
+    cfg = load_config(args, "pretrain")
+    cfg.recipe_resolved = apply_recipe(cfg)  # recorded in config.py and final_metrics.json
+    return cfg
+
+
+def run(cfg: Any) -> int:
+    """Pretrain; 0 when the run ends ok (or collapsed: marked in final_metrics.json), 3 when it diverged."""
+    from nepa_eval.engine import train
+
+    info = dict(cfg.get("recipe_resolved") or {"effective_batch": effective_batch(cfg),
+                                                "lr": cfg.optim_wrapper.optimizer.lr})
+    batch, lr = info["effective_batch"], info["lr"]
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[nepa] pretrain: work_dir {cfg.work_dir}, effective batch {batch} "
+              f"({os.environ.get('WORLD_SIZE', '1')} process(es)), lr {lr:.3g}")
+    try:
+        train(cfg)
+    except NonFiniteLossError as e:
+        last = os.path.join(cfg.work_dir, "last_checkpoint")
+        good = open(last).read().strip() if os.path.exists(last) else "none yet"
+        msg = f"{e}; last good checkpoint: {good}"
+        update_final(cfg.work_dir, status="diverged", reason=msg)
+        print(f"nepa-eval pretrain: diverged: {msg}", file=sys.stderr)
+        return 3
+    update_final(cfg.work_dir, task="pretrain", **info)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------

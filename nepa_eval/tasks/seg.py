@@ -24,14 +24,15 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
 from backbones.nepa import CheckpointError, register_safe_globals
-from backbones.nepa.checkpoint import read_checkpoint, resolve_config, to_nepa_state_dict
+from backbones.nepa.checkpoint import hold_checkpoint, read_checkpoint, resolve_config, to_nepa_state_dict
 from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
 from nepa_eval.bench import bench, sync, time_fn
 from nepa_eval.datasets import DataError
-from nepa_eval.engine import ROOT, load_config, read_final, read_scalars, run_training, update_final
+from nepa_eval.engine import ROOT, build_runner, load_config, read_final, train, update_final
+from nepa_eval.layer_decay import layer_decay_of
 from nepa_eval.seg_data import IGNORE_INDEX, MOSAIC_CLASSES, check_seg_root, resolve_ade_root
 
-register_safe_globals()  # our own resume/test under torch's weights_only default; nothing else is allowed
+register_safe_globals()  # mmseg's own tools/test.py resuming our checkpoints under torch's weights_only default
 
 CONFIGS = {
     "base": "seg_configs/nepa/nepa-b_upernet_8xb2-160k_ade20k-512x512.py",
@@ -57,12 +58,19 @@ class FashionMosaicDataset(BaseSegDataset):
 # ----------------------------------------------------------------------------------------------
 # checkpoints and configs
 # ----------------------------------------------------------------------------------------------
+SCRATCH = ("none", "scratch", "random")
+
+
 def checkpoint_info(path: str) -> dict[str, Any]:
-    """What a checkpoint is: {'arch': NepaConfig fields, 'size': name or None, 'segmentor': bool, 'fmt': str}."""
+    """What a checkpoint is: {'arch': NepaConfig fields, 'size': name or None, 'segmentor': bool, 'fmt': str}.
+
+    The file is read once: a backbone checkpoint stays held for NepaBackbone.init_weights (the read of this run);
+    a whole segmentor's is left to mmengine's load_checkpoint."""
     raw = read_checkpoint(path)
-    keys = list(raw.state_dict)
-    prefix = checkpoint_prefix(keys)
-    if prefix:
+    prefix = checkpoint_prefix(list(raw.state_dict))
+    if prefix is None:
+        hold_checkpoint(path, raw=raw)
+    else:
         raw.state_dict = {k[len(prefix):]: v for k, v in raw.state_dict.items() if k.startswith(prefix)}
     sd, notes = to_nepa_state_dict(raw)
     arch = resolve_config(raw, sd, notes)
@@ -125,81 +133,68 @@ def set_data_root(cfg: Config, data_root: str) -> Path:
     return root
 
 
-def build_cfg(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
-    """Resolve the config: pick it from the checkpoint's size, wire the weights, data, inference and AMP."""
-    info = checkpoint_info(args.ckpt) if args.ckpt else None
+def build_cfg(args: argparse.Namespace) -> Config:
+    """The resolved config: picked from the checkpoint's size, the checkpoint's whole architecture written into
+    model.backbone.arch (the file read once), weights, data, inference mode and AMP; `seg_run` records what was
+    resolved (it goes into final_metrics.json)."""
+    ckpt = args.ckpt
+    if ckpt is not None and str(ckpt).lower() in SCRATCH and not Path(ckpt).exists():
+        ckpt = None
+    info = checkpoint_info(ckpt) if ckpt else None
     if not args.config:
         if info is None:
             raise ValueError("nepa-eval seg: give --ckpt (the config is picked from its size) or --config")
-        args.config = pick_config(info, args.ckpt)
+        args.config = pick_config(info, ckpt)
     cfg = load_config(args, "seg")
     bb = cfg.model.backbone
     if bb.get("type") != "NepaBackbone":
         raise ValueError(f"{args.config}: model.backbone.type is {bb.get('type')!r}, expected 'NepaBackbone'")
-    extra: dict[str, Any] = {"config": str(args.config)}
+    run: dict[str, Any] = {"config": str(args.config)}
     segmentor_ckpt = None
     if info is not None:
-        check_arch(bb.get("arch", "base"), info["arch"], args.ckpt)
+        check_arch(bb.get("arch", "base"), info["arch"], ckpt)
         # the whole architecture goes into the config, so the run directory's config.py rebuilds the model alone
         bb.arch = {k: v for k, v in info["arch"].items() if k not in SEG_FIELDS}
-        extra.update(ckpt=str(Path(args.ckpt).resolve()), ckpt_format=info["fmt"], arch=info["size"] or "custom")
+        run.update(ckpt=str(Path(ckpt).resolve()), ckpt_format=info["fmt"], arch=info["size"] or "custom")
         if info["segmentor"]:
-            segmentor_ckpt = args.ckpt
+            segmentor_ckpt = ckpt
             bb.init_cfg = None
         else:
-            bb.init_cfg = dict(type="Pretrained", checkpoint=str(Path(args.ckpt).resolve()))
+            bb.init_cfg = dict(type="Pretrained", checkpoint=str(Path(ckpt).resolve()))
             bb.pop("pretrained", None)
     else:
-        extra.update(ckpt=None, arch="random init")
+        run.update(ckpt=None, arch="random init")
+        if bb.get("init_cfg") and bb.init_cfg.get("checkpoint") is None:
+            bb.init_cfg = None
     if args.test_only:
-        bb.init_cfg = None  # the whole segmentor comes from its checkpoint
-        cfg.load_from = segmentor_ckpt or _last_checkpoint(cfg.work_dir)
-        extra["evaluated_checkpoint"] = cfg.load_from
+        bb.init_cfg = None  # the whole segmentor comes from its checkpoint, loaded strictly by the task
+        run["evaluated_checkpoint"] = segmentor_ckpt or _last_checkpoint(cfg.work_dir)
+        cfg.load_from = None
     elif segmentor_ckpt:
         cfg.load_from = segmentor_ckpt  # fine-tune further from a trained segmentor
     if args.data_root:
-        extra["data_root"] = str(set_data_root(cfg, args.data_root))
+        run["data_root"] = str(set_data_root(cfg, args.data_root))
     if args.inference == "whole":
         cfg.model.test_cfg = dict(mode="whole")
     elif args.inference == "slide":
         crop = cfg.get("crop_size", (512, 512))
         cfg.model.test_cfg = dict(mode="slide", crop_size=tuple(crop),
                                   stride=tuple(int(round(c * 2 / 3)) for c in crop))
-    extra["inference"] = cfg.model.get("test_cfg", {}).get("mode", "whole")
-    _sync_layer_decay(cfg)
+    run["inference"] = cfg.model.get("test_cfg", {}).get("mode", "whole")
+    run["test_only"] = bool(args.test_only)
     if args.amp:
         _enable_amp(cfg)
-    if cfg.launcher != "none" and not torch.cuda.is_available():
-        cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
-    return cfg, extra
-
-
-def _sync_layer_decay(cfg: Config) -> None:
-    """Mirror the top-level layer_decay dict into the LayerDecayLRHook entry and the constructor."""
-    try:
-        from nepa_eval.layer_decay import sync_layer_decay
-    except ImportError:  # older layer_decay module: copy by hand
-        ld = cfg.get("layer_decay")
-        if not ld:
-            return
-        for h in cfg.get("custom_hooks", []):
-            if h.get("type") == "LayerDecayLRHook":
-                h.update(rate=ld.get("rate", 0.65), rate_end=ld.get("rate_end"), ramp=ld.get("ramp", "constant"))
-        cfg.optim_wrapper.setdefault("paramwise_cfg", {})["decay_rate"] = ld.get("rate", 0.65)
-        return
-    sync_layer_decay(cfg)
+    cfg.seg_run = run
+    return cfg
 
 
 def _enable_amp(cfg: Config) -> None:
-    """As mmseg's tools/train.py --amp (fp16, dynamic loss scale); mmengine's AmpOptimWrapper needs a GPU."""
+    """As mmseg's tools/train.py --amp (fp16, dynamic loss scale); without a GPU the engine falls back to fp32."""
     ow = cfg.optim_wrapper
     if ow.get("type") == "AmpOptimWrapper":
         return
     if ow.get("type", "OptimWrapper") != "OptimWrapper":
         raise ValueError(f"--amp needs optim_wrapper.type 'OptimWrapper', got {ow.get('type')!r}")
-    if not torch.cuda.is_available():
-        print("[nepa] seg: --amp ignored: mmengine's AmpOptimWrapper needs a GPU; training in float32", file=sys.stderr)
-        return
     ow.type = "AmpOptimWrapper"
     ow.loss_scale = "dynamic"
 
@@ -212,20 +207,13 @@ def _last_checkpoint(work_dir: str) -> str:
     return p.read_text().strip()
 
 
-def check_segmentor_checkpoint(model: torch.nn.Module, path: str) -> None:
-    """A segmentor checkpoint must match the model key for key (mmengine would load it non-strictly)."""
-    from backbones.nepa.checkpoint import read_torch_file
-
-    obj = read_torch_file(path)
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{path} does not fit the segmentor of this config: missing {missing[:6]}, unexpected "
-                              f"{unexpected[:6]}, shape mismatch {shapes[:6]} (a checkpoint of another config?)")
+def load_segmentor(load: Any, path: str) -> None:
+    """mmengine's load_checkpoint(strict=True) (`load(path, strict=True)`), its mismatch report as a CheckpointError."""
+    try:
+        load(path, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the segmentor of this config (a checkpoint of another config?): "
+                              f"{e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,54 +229,54 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train then evaluate (or evaluate only); returns the final metrics written to final_metrics.json."""
-    from mmengine.runner import Runner
+def run(cfg: Config) -> int:
+    """Check the data, train then evaluate (or evaluate only); the final metrics go to final_metrics.json and,
+    as one JSON line, to stdout. 0 when the run ends ok."""
+    import json
 
-    from nepa_eval import datasets
-
-    cfg, extra = build_cfg(args)
+    extra = dict(cfg.seg_run)
+    test_only = extra.pop("test_only")
     num_classes, rzl, ignore = label_spec(cfg)
     root = _datasets(cfg)[0]["data_root"]
-    splits = ("validation",) if args.test_only else ("training", "validation")
+    splits = ("validation",) if test_only else ("training", "validation")
     try:
         counts = check_seg_root(root, num_classes, rzl, ignore, splits=splits)
     except DataError as e:
         raise ValueError(f"data: {e}") from e
-    extra.update(num_classes=num_classes, reduce_zero_label=rzl, images={k: v for k, v in counts.items()})
+    extra.update(num_classes=num_classes, reduce_zero_label=rzl, images=dict(counts))
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     print(f"[nepa] seg: {extra['config']} | backbone {extra['arch']} | data {root} {counts} | work_dir {cfg.work_dir}",
           file=sys.stderr)
     if extra["ckpt"] is None:
         print("[nepa] seg: no --ckpt: the backbone starts from random initialisation", file=sys.stderr)
     t0 = time.time()
-    if args.test_only:
-        datasets.register()
-        hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "RunRecordHook"]
-        cfg.custom_hooks = hooks + [dict(type="RunRecordHook", task="seg")]
-        runner = Runner.from_cfg(cfg)
-        check_segmentor_checkpoint(runner.model, cfg.load_from)
+    if test_only:
+        runner = build_runner(cfg)
+        load_segmentor(runner.load_checkpoint, extra["evaluated_checkpoint"])
         metrics = runner.test()
         final = update_final(cfg.work_dir, task="seg", status="ok", reason="", **extra,
                              **{f"test/{k}": v for k, v in metrics.items()}, **_metrics(metrics),
                              eval_seconds=round(time.time() - t0, 1))
-        return final
-    update_final(cfg.work_dir, task="seg", **extra)
-    runner = run_training(cfg, task="seg")
-    train_s = time.time() - t0
-    rows = [r for r in read_scalars(cfg.work_dir) if "val/mIoU" in r]
-    if rows and rows[-1]["step"] == runner.iter:  # the loop evaluated at its last iteration: that is the result
-        metrics = {k[4:]: v for k, v in rows[-1].items() if k.startswith("val/")}
     else:
-        metrics = runner.test()
-    bb = runner.model.module.backbone if hasattr(runner.model, "module") else runner.model.backbone
-    report = getattr(bb, "load_report", None)
-    final = read_final(cfg.work_dir)
-    return update_final(cfg.work_dir, task="seg", status=final.get("status", "ok"), steps=runner.iter,
-                        **_metrics(metrics), train_seconds=round(train_s, 1),
-                        backbone_load=str(report) if report else "random init",
-                        causal=bool(cfg.model.backbone.get("causal", False)),
-                        layer_decay=dict(cfg.get("layer_decay", {})))
+        update_final(cfg.work_dir, task="seg", **extra)
+        runner = train(cfg)
+        train_s = time.time() - t0
+        if cfg.get("val_cfg") is not None and cfg.get("val_dataloader") is not None:
+            # mmengine's iteration loop validates at its last iteration: that is the result (the same on every rank)
+            hub = runner.message_hub
+            metrics = {k[4:]: v.current() for k, v in hub.log_scalars.items() if k.startswith("val/")}
+        else:
+            metrics = runner.test()
+        bb = runner.model.module.backbone if hasattr(runner.model, "module") else runner.model.backbone
+        report = getattr(bb, "load_report", None)
+        final = update_final(cfg.work_dir, task="seg", status=read_final(cfg.work_dir).get("status", "ok"),
+                             steps=runner.iter, **_metrics(metrics), train_seconds=round(train_s, 1),
+                             backbone_load=str(report) if report else "random init",
+                             causal=bool(cfg.model.backbone.get("causal", False)),
+                             layer_decay=layer_decay_of(cfg))
+    keys = ("status", "steps", "mIoU", "aAcc", "mAcc")
+    print(json.dumps({k: final.get(k) for k in keys if k in final}), file=sys.stdout)
+    return 0 if final.get("status") in ("ok", None) else 1
 
 
 def predict(config: str, checkpoint: str, images: list[str], inference: Optional[str] = None,
@@ -305,10 +293,9 @@ def predict(config: str, checkpoint: str, images: list[str], inference: Optional
         crop = tuple(cfg.get("crop_size", (512, 512)))
         cfg.model.test_cfg = dict(mode="slide", crop_size=crop, stride=tuple(int(round(c * 2 / 3)) for c in crop))
     model = init_model(cfg, None, device=device)
-    check_segmentor_checkpoint(model, checkpoint)
     from mmengine.runner import load_checkpoint
 
-    load_checkpoint(model, checkpoint, map_location=device, strict=True)
+    load_segmentor(lambda p, strict: load_checkpoint(model, p, map_location=device, strict=strict), checkpoint)
     model = revert_sync_batchnorm(model).eval()
     return [r.pred_sem_seg.data[0].cpu() for r in (inference_model(model, img) for img in images)]
 

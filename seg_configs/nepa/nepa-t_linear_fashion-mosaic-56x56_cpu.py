@@ -17,9 +17,5 @@ model = dict(
 # the budget of the pretrained-vs-random comparison: 1000 iterations at lr 2e-3 with the paper's
 # fine-tuning layer decay, rising linearly from 0.35 to 1.0 (both arms get exactly this)
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000, val_interval=1000)
-optim_wrapper = dict(optimizer=dict(lr=2e-3), paramwise_cfg=dict(decay_rate=0.35))
-layer_decay = dict(rate=0.35, rate_end=1.0, ramp='linear')
-custom_hooks = [
-    dict(type='LayerDecayLRHook', warmup=20, schedule='poly', power=1.0, min_lr_ratio=0.0,
-         warmup_start_ratio=1e-6, rate=0.35, rate_end=1.0, ramp='linear'),
-]
+optim_wrapper = dict(optimizer=dict(lr=2e-3),
+                     paramwise_cfg=dict(layer_decay_rate=0.35, layer_decay_rate_end=1.0, layer_decay_ramp='linear'))

@@ -28,7 +28,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=200, val_interval=200)
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 custom_hooks = [
     dict(type='LayerDecayLRHook', warmup=20, schedule='poly', power=1.0, min_lr_ratio=0.0,
-         warmup_start_ratio=1e-6, rate=0.65, rate_end=None, ramp='constant'),
+         warmup_start_ratio=1e-6),
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),

@@ -1,5 +1,5 @@
 # Runtime shared by the fine-tuning configs: mmengine Runner, hooks, model + EMA validation.
-custom_imports = dict(imports=['nepa_eval.tasks.cls'], allow_failed_imports=False)
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.tasks.cls'], allow_failed_imports=False)
 default_scope = None
 protocol = 'finetune'
 
@@ -9,6 +9,7 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),  # no schedulers: LayerDecayLRHook sets every lr
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_best='ema_top1', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    run_record=dict(type='RunRecordHook', task='cls'),  # config.py, scalars.jsonl, final_metrics.json
 )
 param_scheduler = []
 

@@ -1,6 +1,6 @@
 # Runtime shared by every pretraining recipe: iteration-based loop, crash-safe checkpoints, health and
 # non-finite checks, JSON + TensorBoard scalars, progress with ETA in the log.
-custom_imports = dict(imports=['nepa_eval.tasks.pretrain'], allow_failed_imports=False)
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.tasks.pretrain'], allow_failed_imports=False)
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)
 val_cfg = None
@@ -15,13 +15,8 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='NepaCheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    run_record=dict(type='RunRecordHook', task='pretrain'),  # config.py, scalars.jsonl, final_metrics.json
 )
-# NepaHealthHook: loss/cos come from the model; out_std and eff_rank every `interval` steps. Collapse (out_std
-# below 0.05, or below 0.6 x the highest out_std of the run, for 3 checks) -> status 'collapsed' in
-# final_metrics.json and, with stop_on_collapse, the run stops.
-health = dict(type='NepaHealthHook', interval=log_interval, collapse_std=0.05, collapse_ratio=0.6, patience=3,
-              min_steps=0, stop_on_collapse=True)
-custom_hooks = []
 
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))

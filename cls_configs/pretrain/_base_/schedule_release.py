@@ -6,8 +6,11 @@ base_lr = 3e-4
 base_batch_size = 256
 optim_wrapper = dict(
     type='OptimWrapper',
-    constructor='NepaPretrainOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=base_lr, betas=(0.9, 0.95), weight_decay=0.05),
+    # mmengine's DefaultOptimWrapperConstructor: no decay on 1-D parameters (biases, norms, LayerScale) nor tokens
+    paramwise_cfg=dict(flat_decay_mult=0.0, custom_keys={'cls_token': dict(decay_mult=0.0),
+                                                         'mask_token': dict(decay_mult=0.0),
+                                                         'pos_embed': dict(decay_mult=0.0)}),
     clip_grad=dict(max_norm=1.0),
     accumulative_counts=1,
 )

@@ -1,0 +1,103 @@
+"""k-NN of frozen features (DINO style: cosine, k = 20, temperature 0.07): `nepa-eval knn` and `cls --protocol knn`.
+
+One config shape for both: ``ckpt`` (any format the weight door reads), ``ema``, ``random_init`` (the same
+architecture with fresh weights: the baseline a pretraining must beat), ``train_data`` / ``test_data``
+(ImageDataset arguments: the train split's features vote for each test image), ``knn`` (k, temperature, pool,
+blocks, batch_size), ``backbone`` (run-time NepaConfig fields on top of the checkpoint's), and where the result
+goes (``work_dir`` -> final_metrics.json, ``json``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from mmengine.config import Config
+
+KNN_DEFAULTS = dict(k=20, temperature=0.07, pool="avg", blocks=[], batch_size=256)
+
+
+def data_spec(data: str, split: str, limit: Optional[int]) -> dict[str, Any]:
+    """ImageDataset arguments for a `nepa-eval knn --data` value: fashion_mnist, folder:ROOT or hf:ROOT."""
+    source, _, root = data.partition(":")
+    if source not in ("fashion_mnist", "folder", "hf"):
+        raise ValueError(f"--data must be fashion_mnist, folder:ROOT or hf:ROOT, not {data!r}")
+    if source != "fashion_mnist" and not root:
+        raise ValueError(f"--data {source}: give the root, e.g. {source}:/path/to/data")
+    return dict(source=source, root=root or None, split=split, limit=limit)
+
+
+def build_cfg(args: Any) -> Config:
+    """The k-NN config of `nepa-eval knn` arguments (the input size defaults to the checkpoint's, at run time)."""
+    tf = dict(kind="resize", img_size=args.img_size) if args.img_size else None
+    return Config(dict(
+        task="knn", ckpt=str(args.ckpt), ema=bool(args.ema), random_init=bool(args.random_init), seed=args.seed,
+        device=args.device, data=args.data, json=args.json, work_dir=None, backbone={},
+        train_data=dict(data_spec(args.data, args.train_split, args.train_limit), transform=tf),
+        test_data=dict(data_spec(args.data, args.test_split, args.test_limit), transform=tf),
+        knn=dict(KNN_DEFAULTS, k=args.k, temperature=args.temperature, pool=args.pool, blocks=list(args.block),
+                 batch_size=args.batch_size)))
+
+
+def cfg_from_cls(cls_cfg: Any) -> Config:
+    """The k-NN config of a resolved `nepa-eval cls --protocol knn` config: its train split as the memory bank
+    (encoded like the queries: the eval transform, no augmentation), its val split as the queries."""
+    from nepa_eval.tasks.cls import RUNTIME_FIELDS
+
+    def spec(loader: Any, transform: Any) -> dict[str, Any]:
+        return {**{k: v for k, v in loader.dataset.items() if k != "type"}, "transform": transform}
+
+    eval_tf = cls_cfg.val_dataloader.dataset.get("transform")
+    knn = dict(KNN_DEFAULTS, **(cls_cfg.get("knn") or {}), batch_size=cls_cfg.val_dataloader.get("batch_size", 256))
+    return Config(dict(
+        task="knn", ckpt=cls_cfg.model.ckpt, ema=bool(cls_cfg.model.get("ckpt_ema")), random_init=False, seed=0,
+        device="auto", data=None, json=None, work_dir=cls_cfg.work_dir, record=dict(task="cls", protocol="knn"),
+        num_classes=int(cls_cfg.model.num_classes), config_dump=cls_cfg.pretty_text,
+        backbone={k: v for k, v in (cls_cfg.model.get("backbone") or {}).items() if k in RUNTIME_FIELDS},
+        train_data=spec(cls_cfg.train_dataloader, eval_tf), test_data=spec(cls_cfg.val_dataloader, eval_tf),
+        knn=knn))
+
+
+def run(cfg: Config) -> int:
+    """Extract features, vote, report: stdout, and final_metrics.json / a JSON file where the config says."""
+    import torch
+    from mmengine.dist import is_main_process
+
+    from backbones.nepa import NepaViT, from_pretrained
+    from nepa_eval.bench import device_of
+    from nepa_eval.engine import update_final
+    from nepa_eval.knn import knn_eval
+
+    if not is_main_process():
+        return 0
+    wd = Path(cfg.work_dir) if cfg.get("work_dir") else None
+    record = dict(cfg.get("record") or {"task": "knn"})
+    knn = dict(KNN_DEFAULTS, **cfg.knn)
+    if wd is not None:
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "config.py").write_text(cfg.get("config_dump") or cfg.pretty_text)
+        update_final(wd, **record, status="running", ckpt=cfg.ckpt, k=knn["k"], temperature=knn["temperature"])
+    model = from_pretrained(cfg.ckpt, ema=cfg.ema, num_classes=0, verbose=not cfg.random_init, **cfg.backbone)
+    if cfg.random_init:
+        torch.manual_seed(cfg.seed)
+        model = NepaViT(model.cfg)
+    dev = device_of(cfg.get("device", "auto"))
+    model.eval().to(dev)
+    size_tf = dict(kind="resize", img_size=model.cfg.img_size)
+    train, test = ({**d, "transform": d.get("transform") or size_tf} for d in (cfg.train_data, cfg.test_data))
+    res = knn_eval(model, train, test, k=knn["k"], temperature=knn["temperature"], batch_size=knn["batch_size"],
+                   pool=knn["pool"], device=dev, layers=[None, *knn["blocks"]], num_classes=cfg.get("num_classes"),
+                   with_counts=True)
+    n_train, n_test = res.pop("train_images"), res.pop("test_images")
+    weights = "random init" if cfg.random_init else ("ema" if cfg.ema else "raw")
+    blocks = "".join(f", block {b} top-1 {res[f'knn_top1_block{b}']:.2f}%" for b in knn["blocks"])
+    print(f"k-NN top-1 {res['knn_top1']:.2f}%" + (f", top-5 {res['knn_top5']:.2f}%" if "knn_top5" in res else "")
+          + f"{blocks} ({weights}, {cfg.ckpt}, k={knn['k']}, T={knn['temperature']})")
+    if wd is not None:
+        update_final(wd, status="ok", reason="", steps=0, top1=res["knn_top1"], top5=res.get("knn_top5"), **res,
+                     train_images=n_train, val_images=n_test)
+    if cfg.get("json"):
+        out = dict(res, ckpt=str(cfg.ckpt), weights=weights, k=knn["k"], temperature=knn["temperature"],
+                   data=cfg.get("data"))
+        Path(cfg.json).write_text(json.dumps(out, indent=2))
+    return 0
