@@ -184,10 +184,9 @@ def run_training(cfg: Config, task: str) -> "Any":
     from mmengine.runner import Runner
 
     from backbones.nepa import register_safe_globals
-    from nepa_eval import datasets
+    from nepa_eval.data import sources  # noqa: F401  (registers the image datasets and nepa_collate)
 
     register_safe_globals()  # our own resume under torch's weights_only default, nothing more allowed
-    datasets.register()
     hooks = list(cfg.get("custom_hooks", []))
     if not any(h.get("type") == "RunRecordHook" for h in hooks):
         hooks.append(dict(type="RunRecordHook", task=task, interval=cfg.get("default_hooks", {}).get(

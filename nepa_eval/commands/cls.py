@@ -69,7 +69,8 @@ def apply_data(cfg, data: str) -> None:
 
 def check_data(cfg, need_train: bool = True) -> int:
     """Open the train and val datasets (first image of each) and return their common class count."""
-    from nepa_eval.datasets import DataError, ImageDataset
+    from nepa_eval.data import DataError
+    from nepa_eval.data.sources import ImageDataset
 
     counts = {}
     for name in (["train_dataloader"] if need_train else []) + ["val_dataloader"]:
@@ -193,11 +194,10 @@ def run_eval_only(cfg) -> int:
     from mmengine.runner import Runner
 
     from backbones.nepa import register_safe_globals
-    from nepa_eval import datasets
+    from nepa_eval.data import sources  # noqa: F401  (registers the image datasets and nepa_collate)
     from nepa_eval.engine import update_final
 
     register_safe_globals()
-    datasets.register()
     cfg.model.backbone = {}  # architecture, attention mode and head all from the checkpoint
     cfg.model.mixup = None
     cfg.model.freeze_patch_embed = False
@@ -223,7 +223,8 @@ def run_knn(cfg, ckpt: str) -> int:
     import torch
     from mmengine.dist import is_main_process
 
-    from nepa_eval.datasets import ImageDataset, collate
+    from nepa_eval.data.sources import ImageDataset
+    from nepa_eval.data.transforms import collate
     from nepa_eval.engine import update_final
     from nepa_eval.knn import extract_features, knn_accuracy
     from nepa_eval.tasks.cls import RUNTIME_FIELDS, build_backbone

@@ -18,14 +18,13 @@ from mmengine.registry import HOOKS, LOOPS, METRICS, MODELS
 from mmengine.runner import ValLoop, autocast
 
 from backbones.nepa import CheckpointError, NepaConfig, NepaViT, SIZES, from_pretrained
-from nepa_eval import datasets as _datasets
+from nepa_eval.data import sources as _sources  # noqa: F401  (registers the image datasets and nepa_collate)
 from nepa_eval import layer_decay as _layer_decay  # noqa: F401  (registers the constructor and LR hook)
 from nepa_eval.engine import update_final
 
 # NepaConfig fields a fine-tuning config may change on top of a checkpoint's architecture: they carry no weights
 RUNTIME_FIELDS = ("causal", "drop_path_rate", "rope_rescale", "pad_to_patch", "global_pool")
 
-_datasets.register()
 
 
 def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, num_classes: Optional[int] = 0,

@@ -252,7 +252,8 @@ def knn_eval(backbone: NepaViT, train_data: dict, test_data: dict, k: int = 20, 
     `layers`: None = the final features (knn_top1); an int k adds knn_top1_block{k} from block k's output."""
     from torch.utils.data import DataLoader
 
-    from nepa_eval.datasets import ImageDataset, collate
+    from nepa_eval.data.sources import ImageDataset
+    from nepa_eval.data.transforms import collate
     from nepa_eval.knn import extract_features, knn_accuracy
 
     def loader(spec: dict) -> DataLoader:

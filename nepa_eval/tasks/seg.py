@@ -20,16 +20,15 @@ from typing import Any, Optional
 
 import torch
 from mmengine.config import Config
-from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
 from backbones.nepa import CheckpointError, register_safe_globals
 from backbones.nepa.checkpoint import read_checkpoint, resolve_config, to_nepa_state_dict
 from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
 from nepa_eval.bench import bench, sync, time_fn
-from nepa_eval.datasets import DataError
+from nepa_eval.data import DataError
 from nepa_eval.engine import ROOT, load_config, read_final, read_scalars, run_training, update_final
-from nepa_eval.seg_data import IGNORE_INDEX, MOSAIC_CLASSES, check_seg_root, resolve_ade_root
+from nepa_eval.data.seg import IGNORE_INDEX, check_seg_root, resolve_ade_root  # registers FashionMosaicDataset
 
 register_safe_globals()  # our own resume/test under torch's weights_only default; nothing else is allowed
 
@@ -38,20 +37,6 @@ CONFIGS = {
     "large": "seg_configs/nepa/nepa-l_upernet_8xb2-160k_ade20k-512x512.py",
 }
 MAE_CONFIG = "mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"
-
-
-@DATASETS.register_module()
-class FashionMosaicDataset(BaseSegDataset):
-    """The Fashion-MNIST mosaic set (nepa_eval.seg_data): background + 10 classes, background counted."""
-
-    METAINFO = dict(classes=MOSAIC_CLASSES,
-                    palette=[[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                             [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]])
-
-    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", reduce_zero_label: bool = False,
-                 **kwargs: Any) -> None:
-        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
-                         **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train then evaluate (or evaluate only); returns the final metrics written to final_metrics.json."""
     from mmengine.runner import Runner
 
-    from nepa_eval import datasets
+    from nepa_eval.data import sources  # noqa: F401  (registers the image datasets and nepa_collate)
 
     cfg, extra = build_cfg(args)
     num_classes, rzl, ignore = label_spec(cfg)
@@ -263,7 +248,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("[nepa] seg: no --ckpt: the backbone starts from random initialisation", file=sys.stderr)
     t0 = time.time()
     if args.test_only:
-        datasets.register()
         hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "RunRecordHook"]
         cfg.custom_hooks = hooks + [dict(type="RunRecordHook", task="seg")]
         runner = Runner.from_cfg(cfg)

@@ -1,5 +1,5 @@
 # Runtime shared by the fine-tuning configs: mmengine Runner, hooks, model + EMA validation.
-custom_imports = dict(imports=['nepa_eval.tasks.cls'], allow_failed_imports=False)
+custom_imports = dict(imports=['nepa_eval.tasks.cls', 'nepa_eval.data.sources'], allow_failed_imports=False)
 default_scope = None
 protocol = 'finetune'
 

@@ -3,9 +3,10 @@
 _base_ = ['mmseg::_base_/models/upernet_mae.py']
 
 # our modules, imported by mmseg's tools/train.py and tools/test.py as well as by `nepa-eval seg`;
-# a config that adds its own imports must keep these three in the list
+# a config that adds its own imports must keep these in the list. nepa_eval.tasks.seg only for its
+# register_safe_globals() (resume/test from our checkpoints) until the backbone module does that itself
 custom_imports = dict(
-    imports=['backbones.nepa.mmseg_backbone', 'nepa_eval.layer_decay', 'nepa_eval.tasks.seg'],
+    imports=['backbones.nepa.mmseg_backbone', 'nepa_eval.layer_decay', 'nepa_eval.data.seg', 'nepa_eval.tasks.seg'],
     allow_failed_imports=False)
 
 # NEPA is pretrained (and fine-tuned by the release) on pixels normalised with mean = std = 0.5, not with
