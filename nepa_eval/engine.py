@@ -210,6 +210,8 @@ def prepare_env(cfg: Config) -> Config:
 
     from backbones.nepa import register_safe_globals
 
+    from nepa_eval.data import sources  # noqa: F401  (the image datasets and nepa_collate, for any config)
+
     register_safe_globals()
     launcher = cfg.get("launcher", "none")
     if launcher != "none" and not torch.cuda.is_available():

@@ -73,7 +73,7 @@ def test_plain_runner_trains_a_pretraining_config_as_nepa_eval_does(tmp_path):
 def mosaic(tmp_path_factory):
     if not (FASHION / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
-    from nepa_eval.seg_data import make_mosaic
+    from nepa_eval.data.fashion import make_mosaic
 
     root = tmp_path_factory.mktemp("mosaic")
     make_mosaic(root, n_train=16, n_val=8, seed=3)

@@ -20,7 +20,7 @@ pytest.importorskip("mmengine")
 from mmengine.logging import MessageHub  # noqa: E402
 from mmengine.registry import DATASETS  # noqa: E402
 
-from nepa_eval.datasets import ImageDataset  # noqa: E402
+from nepa_eval.data.sources import ImageDataset  # noqa: E402
 from nepa_eval.tasks.pretrain import NepaCheckpointHook  # noqa: E402
 
 TINY_CFG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
@@ -165,8 +165,7 @@ def test_folder_and_hf_sources_pretrain(tmp_path, source):
 def test_mosaic_source_is_the_seg_sets_image_distribution_without_labels(tmp_path):
     """source='fashion_mosaic': unlabelled 56 px canvases from the split's own items, the same per index,
     different across indices, and pixel for pixel what the mosaic maker draws for that generator."""
-    from nepa_eval.datasets import fashion_mnist_arrays
-    from nepa_eval.seg_data import mosaic_canvas
+    from nepa_eval.data.fashion import fashion_mnist_arrays, mosaic_canvas
 
     ds = ImageDataset(source="fashion_mosaic", split="train", limit=6, seed=3)
     assert len(ds) == 6 and set(ds.targets) == {-1}

@@ -18,8 +18,9 @@ from mmseg.registry import MODELS  # noqa: E402
 from backbones.nepa import CheckpointError, NepaViT, save_checkpoint  # noqa: E402
 from backbones.nepa.mmseg_backbone import NepaBackbone, align_to_image, default_out_indices  # noqa: E402
 from conftest import ROOT, tiny_kwargs  # noqa: E402
-from nepa_eval.datasets import DataError  # noqa: E402
-from nepa_eval.seg_data import check_seg_root, make_mosaic  # noqa: E402
+from nepa_eval.data import DataError  # noqa: E402
+from nepa_eval.data.fashion import make_mosaic  # noqa: E402
+from nepa_eval.data.seg import check_seg_root  # noqa: E402
 
 TINY_CFG = ROOT / "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"
 B_CFG = ROOT / "seg_configs/nepa/nepa-b_upernet_8xb2-160k_ade20k-512x512.py"
@@ -238,7 +239,7 @@ def test_seg_inputs_are_normalised_as_in_pretraining():
     backbone what the pretraining transform feeds it, pixel for pixel."""
     from mmseg.models.data_preprocessor import SegDataPreProcessor
 
-    from nepa_eval.datasets import build_transform
+    from nepa_eval.data.transforms import build_transform
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(28, 28, 3), dtype=np.uint8)

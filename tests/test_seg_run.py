@@ -18,7 +18,7 @@ from backbones.nepa import NepaViT, save_checkpoint  # noqa: E402
 from conftest import FASHION, ROOT  # noqa: E402
 from nepa_eval.cli import main as cli  # noqa: E402
 from nepa_eval.engine import read_final, read_scalars  # noqa: E402
-from nepa_eval.seg_data import make_mosaic  # noqa: E402
+from nepa_eval.data.fashion import make_mosaic  # noqa: E402
 
 TINY = "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"
 TINY_ARCH = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, rope_rescale=None)

@@ -31,8 +31,10 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from .checkpoint import CheckpointError, read_checkpoint, resolve_config, to_nepa_state_dict
+from .checkpoint import CheckpointError, read_checkpoint, register_safe_globals, resolve_config, to_nepa_state_dict
 from .checkpoint import _load_into as load_state_dict_into
+
+register_safe_globals()  # mmseg's tools/train.py --resume and tools/test.py read our mmengine checkpoints
 from .model import SIZES, NepaConfig, NepaViT
 
 SIZE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size")

@@ -1,6 +1,6 @@
 """`nepa-eval make-data mosaic --out DIR [...]`: write built-in datasets to disk.
 
-mosaic: the Fashion-MNIST segmentation mosaic in the ADE20K layout (nepa_eval/seg_data.py), for
+mosaic: the Fashion-MNIST segmentation mosaic in the ADE20K layout (nepa_eval/data/fashion.py), for
 `nepa-eval seg --data-root DIR` with seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nepa_eval.seg_data import make_mosaic
+    from nepa_eval.data.fashion import make_mosaic
 
     root = make_mosaic(args.out, n_train=args.train, n_val=args.val, size=args.size, items=tuple(args.items),
                        scale=tuple(args.scale), threshold=args.threshold, seed=args.seed)

@@ -15,15 +15,15 @@ import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import BaseModel, is_model_wrapper
-from mmengine.registry import HOOKS, LOOPS, METRICS, MODELS
+from mmengine.registry import DATASETS, HOOKS, LOOPS, METRICS, MODELS
 from mmengine.runner import ValLoop, autocast
 
 from backbones.nepa import CheckpointError, NepaConfig, NepaViT, SIZES, from_pretrained
-from nepa_eval import datasets as _datasets
+from nepa_eval.data import DataError
+from nepa_eval.data import sources as _sources  # noqa: F401  (registers the image datasets and nepa_collate)
 from nepa_eval import layer_decay as _layer_decay  # noqa: F401  (registers the constructor and LR hook)
 from nepa_eval.engine import update_final
 
-_datasets.register()
 
 # NepaConfig fields a fine-tuning config may change on top of a checkpoint's architecture: they carry no weights
 RUNTIME_FIELDS = ("causal", "drop_path_rate", "rope_rescale", "pad_to_patch", "global_pool")
@@ -280,12 +280,12 @@ def _check_data(cfg: Any, need_train: bool = True) -> int:
     """Open the train and val datasets (first image of each) and return their common class count."""
     counts = {}
     for name in (["train_dataloader"] if need_train else []) + ["val_dataloader"]:
-        ds_cfg = {k: v for k, v in cfg[name].dataset.items() if k not in ("type", "transform")}
+        ds_cfg = {k: v for k, v in cfg[name].dataset.items() if k != "transform"}
         try:
-            ds = _datasets.ImageDataset(**ds_cfg)
+            ds = DATASETS.build(ds_cfg)
             ds.load_image(0)
-        except _datasets.DataError as e:
-            raise _datasets.DataError(f"{name.split('_')[0]} data: {e}") from None
+        except DataError as e:
+            raise DataError(f"{name.split('_')[0]} data: {e}") from None
         counts[name.split("_")[0]] = (ds.num_classes, len(ds))
     classes = {c for c, _ in counts.values()}
     if len(classes) > 1:
@@ -395,6 +395,27 @@ def _to_eval_only(cfg: Any) -> None:
     cfg.test_dataloader = cfg.val_dataloader
 
 
+def knn_cfg(cls_cfg: Any) -> Any:
+    """The k-NN config of a resolved `nepa-eval cls --protocol knn` config: its train split as the memory bank
+    (encoded like the queries: the eval transform, no augmentation), its val split as the queries."""
+    from mmengine.config import Config
+
+    from nepa_eval.tasks.knn import KNN_DEFAULTS
+
+    def spec(loader: Any, transform: Any) -> dict[str, Any]:
+        return {**loader.dataset, "transform": transform}
+
+    eval_tf = cls_cfg.val_dataloader.dataset.get("transform")
+    knn = dict(KNN_DEFAULTS, **(cls_cfg.get("knn") or {}), batch_size=cls_cfg.val_dataloader.get("batch_size", 256))
+    return Config(dict(
+        task="knn", ckpt=cls_cfg.model.ckpt, ema=bool(cls_cfg.model.get("ckpt_ema")), random_init=False, seed=0,
+        device="auto", data=None, json=None, work_dir=cls_cfg.work_dir, record=dict(task="cls", protocol="knn"),
+        num_classes=int(cls_cfg.model.num_classes), config_dump=cls_cfg.pretty_text,
+        backbone={k: v for k, v in (cls_cfg.model.get("backbone") or {}).items() if k in RUNTIME_FIELDS},
+        train_data=spec(cls_cfg.train_dataloader, eval_tf), test_data=spec(cls_cfg.val_dataloader, eval_tf),
+        knn=knn))
+
+
 def run(cfg: Any) -> int:
     """Fine-tune / linear probe (train), evaluate only (test), or k-NN, as cfg.protocol says."""
     from nepa_eval.engine import build_runner, train
@@ -403,7 +424,7 @@ def run(cfg: Any) -> int:
     if cfg.protocol == "knn":
         from nepa_eval.tasks import knn
 
-        return knn.run(knn.cfg_from_cls(cfg))
+        return knn.run(knn_cfg(cfg))
     base = dict(task="cls", protocol=cfg.protocol, ckpt=cfg.model.ckpt or "random-init")
     if cfg.protocol != "eval-only":
         update_final(cfg.work_dir, **base, num_classes=cfg.model.num_classes)

@@ -39,25 +39,6 @@ def build_cfg(args: Any) -> Config:
                  batch_size=args.batch_size)))
 
 
-def cfg_from_cls(cls_cfg: Any) -> Config:
-    """The k-NN config of a resolved `nepa-eval cls --protocol knn` config: its train split as the memory bank
-    (encoded like the queries: the eval transform, no augmentation), its val split as the queries."""
-    from nepa_eval.tasks.cls import RUNTIME_FIELDS
-
-    def spec(loader: Any, transform: Any) -> dict[str, Any]:
-        return {**{k: v for k, v in loader.dataset.items() if k != "type"}, "transform": transform}
-
-    eval_tf = cls_cfg.val_dataloader.dataset.get("transform")
-    knn = dict(KNN_DEFAULTS, **(cls_cfg.get("knn") or {}), batch_size=cls_cfg.val_dataloader.get("batch_size", 256))
-    return Config(dict(
-        task="knn", ckpt=cls_cfg.model.ckpt, ema=bool(cls_cfg.model.get("ckpt_ema")), random_init=False, seed=0,
-        device="auto", data=None, json=None, work_dir=cls_cfg.work_dir, record=dict(task="cls", protocol="knn"),
-        num_classes=int(cls_cfg.model.num_classes), config_dump=cls_cfg.pretty_text,
-        backbone={k: v for k, v in (cls_cfg.model.get("backbone") or {}).items() if k in RUNTIME_FIELDS},
-        train_data=spec(cls_cfg.train_dataloader, eval_tf), test_data=spec(cls_cfg.val_dataloader, eval_tf),
-        knn=knn))
-
-
 def run(cfg: Config) -> int:
     """Extract features, vote, report: stdout, and final_metrics.json / a JSON file where the config says."""
     import torch

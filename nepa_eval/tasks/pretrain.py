@@ -32,9 +32,6 @@ from backbones.nepa import NepaConfig, NepaObjective, NepaViT, save_checkpoint
 from nepa_eval.bench import bench
 from nepa_eval.engine import append_scalars, update_final
 from nepa_eval.knn import knn_eval
-from nepa_eval import datasets as _datasets
-
-_datasets.register()  # the training data's dataset type and collate function, for mmengine's own Runner too
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN/inf; the message has the step, learning rate and grad norm."""

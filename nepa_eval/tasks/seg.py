@@ -1,9 +1,6 @@
 """Segmentation: NEPA + UPerNet in mmsegmentation on data in the ADE20K layout (`nepa-eval seg`).
 
-Configs import this module with ``custom_imports`` (so mmseg's own tools/train.py and tools/test.py see
-the same things): it registers the mosaic dataset and lets torch's ``weights_only`` loader read our
-own mmengine checkpoints (resume, test) without switching that protection off for other files.
-The rest turns `nepa-eval seg` arguments into a resolved config, runs training then evaluation on
+The task turns `nepa-eval seg` arguments into a resolved config, runs training then evaluation on
 mmengine's Runner, and writes the metrics into the run directory. ``@bench("seg")`` times one
 training iteration of NEPA-B + UPerNet beside mmseg's own MAE-B + UPerNet.
 """
@@ -20,39 +17,23 @@ from typing import Any, Optional
 
 import torch
 from mmengine.config import Config
-from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from backbones.nepa import CheckpointError, register_safe_globals
+from backbones.nepa import CheckpointError
 from backbones.nepa.checkpoint import hold_checkpoint, read_checkpoint, resolve_config, to_nepa_state_dict
 from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
 from nepa_eval.bench import bench, sync, time_fn
-from nepa_eval.datasets import DataError
+from nepa_eval.data import DataError
+from nepa_eval.data.seg import IGNORE_INDEX, check_seg_root, resolve_ade_root  # registers FashionMosaicDataset
 from nepa_eval.engine import ROOT, build_runner, load_config, read_final, train, update_final
 from nepa_eval.layer_decay import layer_decay_of
-from nepa_eval.seg_data import IGNORE_INDEX, MOSAIC_CLASSES, check_seg_root, resolve_ade_root
 
-register_safe_globals()  # mmseg's own tools/test.py resuming our checkpoints under torch's weights_only default
 
 CONFIGS = {
     "base": "seg_configs/nepa/nepa-b_upernet_8xb2-160k_ade20k-512x512.py",
     "large": "seg_configs/nepa/nepa-l_upernet_8xb2-160k_ade20k-512x512.py",
 }
 MAE_CONFIG = "mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"
-
-
-@DATASETS.register_module()
-class FashionMosaicDataset(BaseSegDataset):
-    """The Fashion-MNIST mosaic set (nepa_eval.seg_data): background + 10 classes, background counted."""
-
-    METAINFO = dict(classes=MOSAIC_CLASSES,
-                    palette=[[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                             [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]])
-
-    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", reduce_zero_label: bool = False,
-                 **kwargs: Any) -> None:
-        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
-                         **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 # Runtime shared by the fine-tuning configs: mmengine Runner, hooks, model + EMA validation.
-custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.tasks.cls'], allow_failed_imports=False)
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.tasks.cls'], allow_failed_imports=False)
 default_scope = None
 protocol = 'finetune'
 

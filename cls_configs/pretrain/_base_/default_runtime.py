@@ -1,6 +1,6 @@
 # Runtime shared by every pretraining recipe: iteration-based loop, crash-safe checkpoints, health and
 # non-finite checks, JSON + TensorBoard scalars, progress with ETA in the log.
-custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.tasks.pretrain'], allow_failed_imports=False)
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.tasks.pretrain'], allow_failed_imports=False)
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)
 val_cfg = None

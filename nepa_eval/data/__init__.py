@@ -1,0 +1,15 @@
+"""Data: image sources for classification and pretraining, the Fashion-MNIST mosaic, ADE20K-layout checks.
+
+- `errors`: `DataError`, raised with the path and the fix;
+- `fashion`: the Fashion-MNIST arrays and the mosaic maker (canvases, the ADE20K-layout set on disk);
+- `ade`: the ADE20K layout: where it is (`resolve_ade_root`) and the pre-flight check (`check_seg_root`);
+- `transforms`: `build_transform` (timm/torchvision) and `collate` (``nepa_collate``);
+- `sources`: one registered Dataset per image source, and `ImageDataset(source=...)` over them;
+- `seg`: `FashionMosaicDataset` for mmseg (the only module here that imports mmseg).
+
+Importing a module registers what it defines (``custom_imports=['nepa_eval.data.sources']`` in a config).
+This file imports only `DataError`, so ``make-data`` (`fashion`) needs neither torch nor mmengine.
+"""
+from .errors import DataError
+
+__all__ = ["DataError"]
