@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NEPA_SHARED", ROOT.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "official_nepa"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# the file the Fashion-MNIST loader reads first: a directory without it (a partial install) is no data set
+HAVE_FASHION = (FASHION / "train-images-idx3-ubyte.gz").is_file()
+needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
 
 
 @pytest.fixture
@@ -24,3 +28,26 @@ def tiny_kwargs(**kw):
     base = dict(embed_dim=32, depth=2, num_heads=2, mlp_hidden=64, img_size=28, patch_size=7, rope_rescale=None)
     base.update(kw)
     return base
+
+
+def numpy_knn_top1(train_f, train_y, test_f, test_y, k: int = 20, temperature: float = 0.07) -> float:
+    """DINO's weighted k-NN top-1 (percent) in plain float64 numpy, written apart from nepa_eval.knn to check
+    it: cosine similarity, the k nearest training features vote for their class with weight exp(cos / T)."""
+    a, b = (np.asarray(f, dtype=np.float64) for f in (train_f, test_f))
+    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    sim = b @ a.T
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :min(k, len(a))]
+    votes = np.zeros((len(b), int(max(train_y.max(), test_y.max())) + 1))
+    np.add.at(votes, (np.arange(len(b))[:, None], train_y[idx]), np.exp(np.take_along_axis(sim, idx, 1) / temperature))
+    return 100.0 * float((votes.argmax(1) == test_y).mean())
+
+
+def mean_patch_features(model, dataset, batch: int = 100) -> tuple:
+    """Features as the k-NN protocol defines them: mean of the final-normed patch tokens (cls excluded), by hand."""
+    model = model.eval()
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    with torch.no_grad():
+        f = torch.cat([model.forward_features(torch.stack(xs[i:i + batch]))[:, 1:].mean(1)
+                       for i in range(0, len(xs), batch)])
+    return f.numpy(), np.asarray(ys)

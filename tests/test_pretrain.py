@@ -6,18 +6,19 @@ import argparse
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FASHION, tiny_kwargs
+import numpy as np
+from PIL import Image
+
+from conftest import mean_patch_features, needs_fashion, numpy_knn_top1, tiny_kwargs
 
 pytest.importorskip("mmengine")
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.logging import MessageHub  # noqa: E402
 
 from nepa_eval.tasks.pretrain import (NepaHealthHook, NepaPretrainModel,  # noqa: E402
                                       apply_recipe, health_metrics)
@@ -122,22 +123,24 @@ def test_health_metrics_separate_collapse_from_spread():
 
 
 def test_collapse_detector_marks_and_stops(tmp_path):
-    hub = MessageHub.get_instance("test_collapse_hub")
-    model = tiny_model()
-    runner = SimpleNamespace(model=model, message_hub=hub, work_dir=str(tmp_path), iter=0, max_iters=100,
-                             train_loop=SimpleNamespace(stop_training=False))
-    hook = NepaHealthHook(interval=1, collapse_std=0.05, patience=2)
-    model.last_outputs = {"h": torch.randn(8, 17, 32)}
-    hook.after_train_iter(runner, 0)
-    assert not runner.train_loop.stop_training
-    model.last_outputs = {"h": torch.ones(8, 17, 32)}
-    for it in (1, 2):
-        runner.iter = it
-        hook.after_train_iter(runner, it)
-    assert runner.train_loop.stop_training
-    final = json.loads((tmp_path / "final_metrics.json").read_text())
-    assert final["status"] == "collapsed" and "collapse at step 3" in final["reason"]
-    assert hub.get_scalar("train/out_std").current() < 0.05
+    """A real run on a folder of one constant image: every output of a batch is the same vector (out_std 0),
+    so the health hook marks the run collapsed after `patience` checks and the train loop stops there."""
+    for c in ("a", "b"):
+        (tmp_path / "data" / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(tmp_path / "data" / "train" / c / f"{i}.png")
+    wd = tmp_path / "run"
+    rc = run_cli(["pretrain", "--config", TINY_CFG, "--work-dir", str(wd), "--cfg-options", *TINY_OPTS,
+                  "train_cfg.max_iters=10", "train_dataloader.batch_size=4", "custom_hooks.2.enabled=False",
+                  "default_hooks.logger.interval=1", "custom_hooks.1.interval=1", "custom_hooks.1.patience=3",
+                  "train_dataloader.dataset.source=folder", f"train_dataloader.dataset.root={tmp_path / 'data'}"])
+    assert rc == 0
+    final = json.loads((wd / "final_metrics.json").read_text())
+    assert final["status"] == "collapsed" and "collapse at step 3" in final["reason"] and final["collapse_step"] == 3
+    assert final["steps"] == 3  # stopped at the third low check, not at max_iters
+    rows = [json.loads(x) for x in (wd / "scalars.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "out_std" in r]
+    assert [r["step"] for r in train] == [1, 2, 3] and all(r["out_std"] < 1e-3 for r in train)
 
 
 def run_cli(argv: list[str]) -> int:
@@ -152,7 +155,7 @@ TINY_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.bac
              "default_hooks.logger.interval=2", "custom_hooks.1.interval=2"]
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+@needs_fashion
 def test_tiny_run_is_self_describing_and_loads_through_the_door(tmp_path):
     from backbones.nepa import from_pretrained
     from safetensors.torch import load_file
@@ -163,10 +166,11 @@ def test_tiny_run_is_self_describing_and_loads_through_the_door(tmp_path):
     assert rc == 0
     final = json.loads((wd / "final_metrics.json").read_text())
     assert final["task"] == "pretrain" and final["status"] == "ok" and final["steps"] == 8
-    assert -1.0 <= final["final_loss"] <= 1.0 and 0 <= final["knn_top1"] <= 100 and "knn_top1_ema" in final
     rows = [json.loads(x) for x in (wd / "scalars.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert all(r["loss"] == pytest.approx(-r["cos"]) for r in train)  # the loss is the negative cosine
+    assert final["final_loss"] == train[-1]["loss"] and "knn_top1_ema" in final
     assert all({"cos", "out_std", "eff_rank", "lr", "grad_norm"} <= set(r) for r in train)
     assert any("knn_top1" in r for r in rows)
     cfg = Config.fromfile(str(wd / "config.py"))
@@ -186,6 +190,15 @@ def test_tiny_run_is_self_describing_and_loads_through_the_door(tmp_path):
     plain = from_pretrained(wd / "backbone.safetensors", verbose=False)
     assert torch.equal(plain.patch_embed.proj.weight, raw.patch_embed.proj.weight)
 
+    # the monitor's k-NN is DINO's k-NN of these weights on knn_train / knn_test, recomputed here by hand
+    from nepa_eval.data.sources import ImageDataset
+
+    sets = [ImageDataset(source="fashion_mnist", split=split, limit=n, transform=dict(kind="resize", img_size=28))
+            for split, n in (("train", 200), ("test", 100))]
+    (ftr, ytr), (fte, yte) = (mean_patch_features(plain, d) for d in sets)
+    assert len(set(ytr)) == 10  # labelled data, not the pretraining's unlabelled view
+    assert final["knn_top1"] == pytest.approx(numpy_knn_top1(ftr, ytr, fte, yte), abs=1.0)  # one image of 100
+
     # the k-NN command on the same weights and data agrees with the run's own monitor
     out = tmp_path / "knn.json"
     assert run_cli(["knn", "--ckpt", str(wd / "backbone.safetensors"), "--train-limit", "200",
@@ -201,12 +214,21 @@ def test_bench_pretrain_prints_a_table(capsys):
     BENCHES["pretrain"](args)
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny (")]
     assert len(rows) == 1
-    cells = [c.strip() for c in rows[0].split("|")]
-    ips, mem = float(cells[6]), float(cells[8])
-    assert ips > 0 and math.isfinite(ips) and mem >= 0
+    cells = [c.strip() for c in rows[0].split("|")][1:-1]
+    assert cells[:4] == ["tiny (D 192, depth 1)", "28px / p14", "2", "float32"]
+    # the row is the model it names: its parameter count, counted here
+    from backbones.nepa.model import SIZES
+
+    n = sum(p.numel() for p in NepaPretrainModel(backbone={**SIZES["tiny"], "depth": 1, "img_size": 28,
+                                                           "patch_size": 14}).parameters())
+    assert float(cells[4]) == pytest.approx(n / 1e6, abs=0.005)
+    # img/s and ms/step are one measurement: batch / (ms / 1000), within the printed rounding (ms to 1, img/s to 0.1)
+    ips, ms, mem = float(cells[5]), float(cells[6]), float(cells[7])
+    assert math.isfinite(ips) and abs(2 * 1000 / ips - ms) <= 0.5 + 2 * 1000 * 0.05 / ips ** 2 + 1e-9
+    assert mem >= 0
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+@needs_fashion
 def test_release_recipe_builds_and_steps_on_cpu(tmp_path):
     """nepa_b_release.py (bf16, EMA 0.9999, accumulation 4) shrunk to two steps on the CPU: the recipe's
     hooks, constructor and schedule are real; bf16 falls back to float32 without a GPU."""

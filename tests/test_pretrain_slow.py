@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FASHION, ROOT
+from conftest import ROOT, needs_fashion
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")]
+pytestmark = [pytest.mark.slow, needs_fashion]
 
 TINY_CFG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 BASE_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",

@@ -5,6 +5,7 @@ import shlex
 import pytest
 from mmengine.config import Config
 
+from conftest import needs_fashion
 from nepa_eval.cli import main as cli_main
 from nepa_eval import ablate
 from nepa_eval.engine import ROOT
@@ -127,10 +128,9 @@ def test_a_run_made_by_another_command_is_redone(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@needs_fashion
 def test_tiny_core_row_end_to_end(tmp_path, monkeypatch):
     """A real (short) pretraining through `nepa-eval ablate`, its k-NN in the table, then reused, not rerun."""
-    if not (ablate.Path("/usr/share/datasets/fashion-mnist") / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Fashion-MNIST is not installed")
     monkeypatch.chdir(tmp_path)
     argv = ["ablate", "core", "--rows", "full", "--work-dir", "wd", "--out", "out", "--quiet", "--cfg-options",
             "train_cfg.max_iters=30", "knn_train.limit=1000", "knn_test.limit=500"]

@@ -87,8 +87,11 @@ def test_no_border_pixel_is_lost_and_the_pad_is_not_seen():
     with torch.no_grad():
         levels = neck([base] * 4)
     assert [tuple(t.shape[-2:]) for t in levels] == [(152, 152), (76, 76), (38, 38), (19, 19)]
-    for t in levels:
-        assert 512 / t.shape[-1] * t.shape[-1] == 512  # each level's stride divides the crop evenly
+    # the base grid is the fewest cells, an even number, of at most one patch (14 px) each that span the 512 px
+    # crop (37 patches would not be even, 36 would leave 8 px out); the levels subdivide that same tiling
+    n = next(n for n in range(2, 512, 2) if n * 14 >= 512)
+    assert base.shape[-2:] == (n, n) == (38, 38)
+    assert [t.shape[-1] for t in levels] == [int(n * r) for r in (4, 2, 1, 0.5)]
 
 
 def test_out_stride_16_gives_maes_grid_and_default_indices():
@@ -186,12 +189,11 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_partial_checkpoint_never_loads_silently(tiny_ckpt, tmp_path):
     m, _ = tiny_ckpt
-    sd = {k: v for k, v in m.state_dict().items() if "blocks.3." not in k}
+    sd = {k: v for k, v in m.state_dict().items() if k != "blocks.2.mlp.fc2.weight"}  # one tensor, same depth
     path = tmp_path / "partial.pth"
     torch.save({"model": sd}, path)
-    with pytest.raises(CheckpointError):
-        bb = NepaBackbone(arch=dict(embed_dim=32, depth=4, num_heads=2, patch_size=14, mlp_type="swiglu"),
-                          init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(CheckpointError, match=r"missing.*blocks\.2\.mlp\.fc2\.weight"):
+        bb = NepaBackbone(arch={**ARCH14, "mlp_type": "swiglu"}, init_cfg=dict(type="Pretrained", checkpoint=str(path)))
         bb.init_weights()
 
 

@@ -367,8 +367,9 @@ class NepaCheckpointHook(CheckpointHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
-        if not isinstance(self.keep_ckpt_ids, deque):
-            self.keep_ckpt_ids = deque(self.keep_ckpt_ids)
+        # mmengine's deque has maxlen=max_keep_ckpts: its append would evict the oldest id silently, and the file
+        # with it would never be deleted; an unbounded deque lets the pruning below see (and remove) it
+        self.keep_ckpt_ids = deque(self.keep_ckpt_ids)
 
     def after_train(self, runner) -> None:
         if not is_main_process():
