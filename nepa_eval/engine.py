@@ -1,5 +1,5 @@
 """What the tasks (pretrain, cls, seg) share on mmengine's Runner: CLI options, config loading, the set-up
-every run needs (distributed launch, gloo on CPUs, AMP, compile), the self-describing run directory, safe resume.
+every run needs (distributed launch, gloo on CPUs, AMP), the self-describing run directory, safe resume.
 
 A run directory holds:
     config.py            the resolved config (every `_base_` and --cfg-options applied)
@@ -43,8 +43,6 @@ def add_runner_args(p: argparse.ArgumentParser, default_config: Optional[str] = 
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                    help="override config keys, e.g. train_cfg.max_iters=100 optim_wrapper.optimizer.lr=1e-3")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (mmengine's Runner `compile`; first steps are slower)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -70,8 +68,6 @@ def load_config(args: argparse.Namespace, task: str) -> Config:
     if args.seed is not None:
         cfg.randomness = dict(cfg.get("randomness", {}), seed=args.seed)
     cfg.resume = bool(args.resume)
-    if getattr(args, "compile", False):
-        cfg.compile = True
     if args.resume:
         if not (Path(cfg.work_dir) / "last_checkpoint").exists():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from in {cfg.work_dir} "

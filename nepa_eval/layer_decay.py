@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _EMBED = ("cls_token", "pos_embed", "patch_embed", "mask_token")

@@ -21,7 +21,6 @@ weight door and the layer-decay groups apply unchanged) with:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
