@@ -8,11 +8,12 @@ BENCHES (pretraining step, segmentation step).
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+
+from nepa_eval.timing import device_of, matmul_peak, peak_memory, time_fn
 
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {}
 
@@ -22,50 +23,6 @@ def bench(name: str):
         BENCHES[name] = fn
         return fn
     return deco
-
-
-def device_of(arg: str) -> torch.device:
-    return torch.device("cuda" if arg == "auto" and torch.cuda.is_available() else ("cpu" if arg == "auto" else arg))
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_fn(fn: Callable[[], None], dev: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds per call after warm-up."""
-    for _ in range(warmup):
-        fn()
-    sync(dev)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
-def peak_memory(fn: Callable[[], None], dev: torch.device) -> Optional[float]:
-    """Peak memory of one call in MiB (CUDA allocator; CPU: peak RSS growth is not separable, so None)."""
-    if dev.type != "cuda":
-        return None
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    sync(dev)
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def matmul_peak(dev: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096)) -> float:
-    """Measured FLOP/s of square matmuls, best over sizes: the practical peak of this machine for `dtype`."""
-    best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, device=dev, dtype=dtype)
-        b = torch.randn(n, n, device=dev, dtype=dtype)
-        best = max(best, 2 * n**3 / time_fn(lambda: a @ b, dev, 3, 5))
-    return best
 
 
 def vit_train_flops(embed_dim: int, depth: int, tokens: int, mlp_hidden: int, gated: bool, batch: int) -> float:
@@ -149,13 +106,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seg-batch", type=int, default=2, help="seg: images per iteration (default 2; UPerNet's BN needs 2)")
 
 
+@bench("pretrain")
+def bench_pretrain(args: argparse.Namespace) -> None:
+    """One NEPA pretraining step (the function lives beside its task)."""
+    from nepa_eval.tasks.pretrain import bench_pretrain as run
+
+    run(args)
+
+
+@bench("seg")
+def bench_seg(args: argparse.Namespace) -> None:
+    """One NEPA-B + UPerNet training iteration beside mmseg's MAE-B (the function lives beside its task)."""
+    from nepa_eval.tasks.seg import bench_seg as run
+
+    run(args)
+
+
 def main(args: argparse.Namespace) -> int:
-    # the other benchmarks live beside their tasks and register on import
-    for mod in ("nepa_eval.tasks.pretrain", "nepa_eval.tasks.seg"):
-        try:
-            __import__(mod)
-        except ImportError:
-            pass
     for name in args.which:
         if name not in BENCHES:
             raise ValueError(f"unknown benchmark {name!r}; available: {sorted(BENCHES)}")

@@ -45,7 +45,7 @@ def run(cfg: Config) -> int:
     from mmengine.dist import is_main_process
 
     from backbones.nepa import NepaViT, from_pretrained
-    from nepa_eval.bench import device_of
+    from nepa_eval.timing import device_of
     from nepa_eval.engine import update_final
     from nepa_eval.knn import knn_eval
 

@@ -6,7 +6,7 @@
 - `KnnMonitorHook`: DINO-style k-NN accuracy of the frozen backbone during and after training.
 - `NepaCheckpointHook`: mmengine checkpoints written atomically (a half-written file never replaces the
   last good one), with the backbone's NepaConfig and the RNG states stored for exact resume.
-- `@bench("pretrain")`: images/s and peak memory of one pretraining step.
+- `bench_pretrain` (`nepa-eval bench pretrain`): images/s and peak memory of one pretraining step.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from mmengine.model import BaseModel
 from mmengine.registry import HOOKS, MODELS
 
 from backbones.nepa import NepaConfig, NepaObjective, NepaViT, save_checkpoint
-from nepa_eval.bench import bench
 from nepa_eval.engine import append_scalars, update_final
 from nepa_eval.knn import knn_eval
 
@@ -454,12 +453,11 @@ TINY_RECIPE = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_si
                    layerscale_init=1e-5, rope_rescale=None)
 
 
-@bench("pretrain")
 def bench_pretrain(args: Any) -> None:
     """Images/s and peak memory of one NEPA pretraining step (forward, NEPA loss, backward, clip, AdamW): the
     tiny CPU recipe (28x28, patch 7, batch 128) and the named sizes at --img-size / --batch-size, patch 14."""
     from backbones.nepa.model import SIZES
-    from nepa_eval.bench import device_of, peak_memory, time_fn
+    from nepa_eval.timing import device_of, peak_memory, time_fn
 
     dev = device_of(args.device)
     res, bs = args.img_size, args.batch_size

@@ -1,7 +1,7 @@
 """Segmentation: NEPA + UPerNet in mmsegmentation on data in the ADE20K layout (`nepa-eval seg`).
 
 The task turns `nepa-eval seg` arguments into a resolved config, runs training then evaluation on
-mmengine's Runner, and writes the metrics into the run directory. ``@bench("seg")`` times one
+mmengine's Runner, and writes the metrics into the run directory. ``bench_seg`` (`nepa-eval bench seg`) times one
 training iteration of NEPA-B + UPerNet beside mmseg's own MAE-B + UPerNet.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mmseg.registry import DATASETS
 from backbones.nepa import CheckpointError
 from backbones.nepa.checkpoint import hold_checkpoint, read_checkpoint, resolve_config, to_nepa_state_dict
 from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
-from nepa_eval.bench import bench, sync, time_fn
+from nepa_eval.timing import sync, time_fn
 from nepa_eval.data import DataError
 from nepa_eval.data.seg import IGNORE_INDEX, check_seg_root, resolve_ade_root  # registers FashionMosaicDataset
 from nepa_eval.engine import ROOT, build_runner, load_config, read_final, train, update_final
@@ -346,12 +346,11 @@ def _bench_one(config: str, batch: int, size: int, warmup: int, iters: int, devi
     q.put(dict(sec=sec, peak=peak, params=params, tokens=None))
 
 
-@bench("seg")
 def bench_seg(args: argparse.Namespace) -> None:
     """One training iteration (forward, backward, AdamW step) of NEPA-B + UPerNet vs MAE-B + UPerNet at 512."""
     import multiprocessing as mp
 
-    from nepa_eval.bench import device_of
+    from nepa_eval.timing import device_of
 
     dev = device_of(args.device)
     size, batch = args.seg_size, args.seg_batch
