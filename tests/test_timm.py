@@ -101,3 +101,45 @@ def test_filter_fn_maps_release_and_wrapped_state_dicts(official_dir):
         m.load_state_dict(checkpoint_filter_fn(obj, m), strict=True)
         with torch.no_grad():
             torch.testing.assert_close(m.eval()(exp["pixel_values"]), exp["logits"], atol=1e-4, rtol=0)
+
+
+def test_load_pretrained_is_the_models_own_method(official_dir):
+    """NepaViT.load_pretrained (what timm's custom_load calls) goes through the weight door and reports."""
+    from backbones.nepa import CheckpointError, NepaViT
+    from backbones.nepa.model import NepaViT as ModelClass
+
+    assert NepaViT.load_pretrained is ModelClass.__dict__["load_pretrained"]
+    m = timm.create_model("nepa_tiny_patch14_224", embed_dim=128, depth=2, num_heads=2, mlp_hidden=512, num_classes=7)
+    report = m.load_pretrained(official_dir / "nepa_tiny_cls_bidirectional")
+    assert report is m.load_report and "head newly initialised" in str(report)
+    assert report.loaded == len(m.state_dict()) - 2  # all but the 7-class head
+    with pytest.raises(CheckpointError, match="missing"):
+        timm.create_model("nepa_tiny_patch14_224", embed_dim=128, depth=3, num_heads=2, mlp_hidden=512).load_pretrained(
+            official_dir / "nepa_tiny_cls_bidirectional")
+
+
+def test_missing_qk_norm_is_one_rule_for_the_door_and_the_filter(official_dir):
+    """The hub path (checkpoint_filter_fn) and the weight door fill absent QK-norm weights the same way."""
+    from safetensors.torch import load_file
+
+    from backbones.nepa.checkpoint import fill_missing_qk_norm, load_state_dict_into, to_nepa_state_dict, unwrap_state_dict
+    from backbones.nepa.timm_models import checkpoint_filter_fn
+
+    sd = load_file(str(official_dir / "nepa_tiny_pretrain_causal" / "model.safetensors"))
+    sd = {k: v for k, v in sd.items() if "_norm.weight" not in k or "attention.attention" not in k}
+    arch = dict(embed_dim=128, depth=2, num_heads=2, mlp_hidden=512, num_classes=0)
+    a, b = (timm.create_model("nepa_tiny_patch14_224", **arch) for _ in range(2))
+    for m in (a, b):
+        with torch.no_grad():
+            for blk in m.blocks:
+                blk.attn.q_norm.weight.fill_(5.0)
+    a.load_state_dict(checkpoint_filter_fn(sd, a), strict=True)
+    ours, notes = to_nepa_state_dict(unwrap_state_dict(sd))
+    report = load_state_dict_into(b, ours, "release", "hf", notes)
+    assert "4 QK-norm weights missing" in str(report)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.all(a.blocks[1].attn.k_norm.weight == 1)
+    filled = {}
+    assert fill_missing_qk_norm(filled, {"blocks.0.attn.q_norm.weight": torch.zeros(3), "x": torch.zeros(1)}) == [
+        "blocks.0.attn.q_norm.weight"]
+    assert filled["blocks.0.attn.q_norm.weight"].tolist() == [1.0] * 3

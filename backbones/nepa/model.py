@@ -7,12 +7,16 @@ pretraining backbone (``num_classes=0``) and as the classifier with the public r
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadReport
 
 POS_EMBED_CHOICES = ("rope", "abs", "rope+abs", "none")
 MLP_CHOICES = ("gelu", "swiglu")
@@ -199,25 +203,28 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = nn.Identity()
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
-    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool) -> torch.Tensor:
-        B, T, D = x.shape
+    def _qkv(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, heads, T, head_dim); q and k normed, then rotated by RoPE."""
+        B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[0], rope[1])
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool) -> torch.Tensor:
+        q, k, v = self._qkv(x, rope)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.proj(x.transpose(1, 2).reshape(B, T, D))
+        return self.proj(x.transpose(1, 2).flatten(2))
 
     def attention_probs(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
                         causal: bool) -> torch.Tensor:
         """The (B, heads, T, T) attention matrix, for analysis only (the slow explicit path)."""
-        B, T, D = x.shape
-        q, k, _ = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, _ = self._qkv(x, rope)
         logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
         if causal:
+            T = x.shape[1]
             logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
         return logits.softmax(-1)
 
@@ -302,7 +309,7 @@ class NepaViT(nn.Module):
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()
 
-    # -- init ------------------------------------------------------------------------------------
+    # -- init and weights ------------------------------------------------------------------------
     def init_weights(self) -> None:
         """The release's init: trunc-normal 0.02 for Linear/Conv/tokens, zero biases, zero-initialised head."""
         for m in self.modules():
@@ -322,6 +329,15 @@ class NepaViT(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+    def load_pretrained(self, path: str | os.PathLike, ema: bool = False, strict: bool = True,
+                        allow_new_head: bool = True) -> "LoadReport":
+        """Load any checkpoint the weight door reads (timm's custom_load calls this); the report is kept on
+        ``self.load_report``. Raises CheckpointError on any real mismatch (see ``checkpoint.load_weights``)."""
+        from .checkpoint import load_weights  # imported here: the weight door imports this module
+
+        self.load_report = load_weights(self, path, strict=strict, ema=ema, allow_new_head=allow_new_head)
+        return self.load_report
+
     # -- pieces used by the pretraining objective and the dense adapters ---------------------------
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """z = [cls ; patchify(x)]: the NEPA targets (no position information). Returns (z, grid)."""
@@ -338,26 +354,34 @@ class NepaViT(nn.Module):
             pos = pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
         return pos.to(dtype)
 
-    def iter_blocks(self, z: torch.Tensor, grid: tuple[int, int], causal: Optional[bool] = None):
-        """Run the blocks over input embeddings z, yielding the (unnormalised) output of each block."""
-        causal = self.causal if causal is None else causal
+    def _block_inputs(self, z: torch.Tensor, grid: tuple[int, int]
+                      ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """The first block's input (z plus absolute positions, if any) and the RoPE tables of the grid."""
         x = z
         if self.pos_embed is not None:
             n = self.num_prefix_tokens
             x = torch.cat((x[:, :n], x[:, n:] + self._abs_pos(grid, x.dtype)), dim=1)
         rope = self.rope(grid, x.device, self.num_prefix_tokens) if self.rope is not None else None
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, rope, causal, use_reentrant=False)
-            else:
-                x = blk(x, rope, causal)
-            yield x
+        return x, rope
+
+    def _run_blocks(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool,
+                    last: int, take: Optional[list[int]] = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Blocks 0..last over x: the output of block `last` and the outputs of the blocks in `take`."""
+        taken: list[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            if i <= last:
+                if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                    x = torch.utils.checkpoint.checkpoint(blk, x, rope, causal, use_reentrant=False)
+                else:
+                    x = blk(x, rope, causal)
+                if take is not None and i in take:
+                    taken.append(x)
+        return x, taken
 
     def forward_tokens(self, z: torch.Tensor, grid: tuple[int, int], causal: Optional[bool] = None) -> torch.Tensor:
         """Transformer + final norm over input embeddings: h = norm(blocks(z)), (B, T, D)."""
-        x = z
-        for x in self.iter_blocks(z, grid, causal):
-            pass
+        x, rope = self._block_inputs(z, grid)
+        x, _ = self._run_blocks(x, rope, self.causal if causal is None else causal, len(self.blocks) - 1)
         return self.norm(x)
 
     # -- timm-style API --------------------------------------------------------------------------
@@ -434,31 +458,25 @@ class NepaViT(nn.Module):
     ):
         """Outputs of chosen blocks as (B, D, h, w) maps (or NLC), with the final features unless asked not to.
 
-        `indices`: an int n takes the last n blocks; a sequence takes those block indices (negative allowed).
+        `indices` as timm's: None takes every block, an int n the last n, a sequence those (negative from the end).
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
-        depth = len(self.blocks)
-        if indices is None:
-            indices = depth
-        take = list(range(depth - indices, depth)) if isinstance(indices, int) else [i % depth for i in indices]
-        if any(not 0 <= i < depth for i in take):
-            raise ValueError(f"block indices {indices} out of range for depth {depth}")
-        last = max(take) if (stop_early or intermediates_only) else depth - 1
-        B = x.shape[0]
+        take, last = block_indices(len(self.blocks), indices)
+        if not (stop_early or intermediates_only):
+            last = len(self.blocks) - 1
         z, grid = self.embed(x)
+        h, rope = self._block_inputs(z, grid)
+        h, taken = self._run_blocks(h, rope, self.causal if causal is None else causal, last, take)
         n = self.num_prefix_tokens
         outs, prefixes = [], []
-        for i, h in enumerate(self.iter_blocks(z, grid, causal)):
-            if i in take:
-                y = self.norm(h) if norm else h
-                prefixes.append(y[:, :n])
-                y = y[:, n:]
-                if output_fmt == "NCHW":
-                    y = y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
-                outs.append(y)
-            if i == last:
-                break
+        for y in taken:
+            y = self.norm(y) if norm else y
+            prefixes.append(y[:, :n])
+            y = y[:, n:]
+            if output_fmt == "NCHW":
+                y = y.reshape(y.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+            outs.append(y)
         if return_prefix_tokens:
             outs = list(zip(outs, prefixes))
         if intermediates_only:
@@ -467,15 +485,31 @@ class NepaViT(nn.Module):
 
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        depth = len(self.blocks)
-        take = list(range(depth - indices, depth)) if isinstance(indices, int) else [i % depth for i in indices]
-        self.blocks = self.blocks[: max(take) + 1]
+        """Drop the blocks after the last of `indices` (and the norm / head if asked); returns the indices."""
+        take, last = block_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.fc_norm = nn.Identity()
             self.reset_classifier(0)
         return take
+
+
+def block_indices(depth: int, indices: Optional[int | Sequence[int]] = None) -> tuple[list[int], int]:
+    """timm's feature_take_indices: None -> every block, int n -> the last n, a sequence -> those blocks
+    (negative from the end). Returns (the indices, the largest)."""
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"last-n ({indices}) is out of range (1 to {depth})")
+        take = list(range(depth - indices, depth))
+    else:
+        take = [depth + i if i < 0 else i for i in indices]
+        if not take or any(not 0 <= i < depth for i in take):
+            raise ValueError(f"block indices {list(indices)} out of range for depth {depth}")
+    return take, max(take)
 
 
 SIZES: dict[str, dict[str, int]] = {

@@ -6,19 +6,10 @@ from typing import Any
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .checkpoint import load_weights, to_nepa_state_dict, unwrap_state_dict
+from .checkpoint import fill_missing_qk_norm, to_nepa_state_dict, unwrap_state_dict
 from .model import SIZES, NepaViT
 
 __all__ = ["checkpoint_filter_fn"]
-
-
-def _load_pretrained(self: NepaViT, path: str) -> None:
-    """timm's custom_load hook: any format the weight door accepts."""
-    report = load_weights(self, path, strict=True, allow_new_head=True)
-    self.load_report = report
-
-
-NepaViT.load_pretrained = _load_pretrained
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NepaViT) -> dict[str, torch.Tensor]:
@@ -26,9 +17,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NepaViT) ->
     state_dict, _ = to_nepa_state_dict(unwrap_state_dict(state_dict))  # the weight door's own mapping
     own = model.state_dict()
     out = {k: v for k, v in state_dict.items() if k != "mask_token"}
-    for k in own:  # the release's Base pretraining config has no QK-norm affine: weight = 1
-        if k.endswith(("q_norm.weight", "k_norm.weight")) and k not in out:
-            out[k] = torch.ones_like(own[k])
+    fill_missing_qk_norm(out, own)
     if "head.weight" in out and ("head.weight" not in own or out["head.weight"].shape != own["head.weight"].shape):
         out = {k: v for k, v in out.items() if not k.startswith("head.")}
     return out
