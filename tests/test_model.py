@@ -268,6 +268,18 @@ def test_attention_probs_take_the_forward_path():
     torch.testing.assert_close(attn(x, rope, False), slow, atol=1e-5, rtol=1e-5)
 
 
+def test_factory_device_and_dtype():
+    m = NepaViT(**tiny_kwargs(num_classes=3), device="meta", dtype=torch.float64)
+    tensors = [*m.parameters(), *m.buffers()]
+    assert {t.device.type for t in tensors} == {"meta"}
+    assert {t.dtype for t in m.parameters()} == {torch.float64}
+    m.eval().reset_classifier(5)
+    assert (m.head.weight.device.type, m.head.weight.dtype, m.head.training) == ("meta", torch.float64, False)
+    m.reset_classifier(0)
+    m.reset_classifier(2)  # fc_norm kept, a new Linear on the model's device and dtype
+    assert m.head.weight.dtype == torch.float64 and not any(mod.training for mod in m.modules())
+
+
 def test_model_file_stays_pure_pytorch():
     """model.py imports only the standard library and torch at run time (the weight door lazily, no cycle)."""
     import ast

@@ -143,3 +143,35 @@ def test_missing_qk_norm_is_one_rule_for_the_door_and_the_filter(official_dir):
     assert fill_missing_qk_norm(filled, {"blocks.0.attn.q_norm.weight": torch.zeros(3), "x": torch.zeros(1)}) == [
         "blocks.0.attn.q_norm.weight"]
     assert filled["blocks.0.attn.q_norm.weight"].tolist() == [1.0] * 3
+
+
+def test_patch14_models_take_any_size():
+    """timm's cfg says fixed_input_size=False: timm-built models pad to the patch (timm's dynamic_img_pad)."""
+    m = timm.create_model("nepa_tiny_patch14_224", depth=1).eval()
+    assert m.patch_embed.pad
+    assert m.forward_features(torch.randn(1, 3, 96, 128)).shape == (1, 1 + 7 * 10, 192)  # 98 x 140 after padding
+    x = torch.randn(1, 3, 112, 126)  # multiples of 14: nothing padded, the same numbers as a non-padding model
+    strict = timm.create_model("nepa_tiny_patch14_224", depth=1, pad_to_patch=False).eval()
+    strict.load_state_dict(m.state_dict())
+    torch.testing.assert_close(strict(x), m(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 14"):
+        strict(torch.randn(1, 3, 96, 128))
+
+
+def test_fx_feature_extraction_with_timm_notrace_helpers():
+    """torch.fx traces the models with timm's tracer settings: shape checks and padding are one leaf call."""
+    from timm.models import create_feature_extractor, get_graph_node_names
+
+    m = timm.create_model("nepa_tiny_patch14_224", depth=3, drop_path_rate=0.1).eval()
+    train_nodes, eval_nodes = get_graph_node_names(m)  # traces train mode (drop path) and eval mode
+    assert "patch_embed.check_and_pad" in eval_nodes and "patch_embed.check_and_pad" in train_nodes
+    fx = create_feature_extractor(m, {"blocks.1": "b1", "norm": "out"})
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        out = fx(x)
+        _, (b1,) = m.forward_intermediates(x, indices=[1], output_fmt="NLC")
+        torch.testing.assert_close(out["out"], m.forward_features(x))
+        torch.testing.assert_close(out["b1"][:, 1:], b1)
+        torch.testing.assert_close(torch.jit.script(fx)(x)["out"], out["out"])
+    with pytest.raises(ValueError, match="3 input channels"):  # the leaf still checks at run time
+        fx(torch.randn(1, 1, 28, 28))

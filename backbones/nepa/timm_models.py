@@ -4,12 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 
 from .checkpoint import fill_missing_qk_norm, to_nepa_state_dict, unwrap_state_dict
-from .model import SIZES, NepaViT
+from .model import SIZES, NepaViT, check_and_pad, resample_abs_pos
 
 __all__ = ["checkpoint_filter_fn"]
+
+# Python control flow over input shapes (the image check and padding, resizing learned positions) runs as one
+# leaf call under timm's FX tracer, so create_feature_extractor and timm's fx helpers can trace the models.
+register_notrace_function(check_and_pad)
+register_notrace_function(resample_abs_pos)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NepaViT) -> dict[str, torch.Tensor]:
@@ -48,7 +53,8 @@ def _create_nepa(variant: str, size: str, patch_size: int, pretrained: bool = Fa
     if overlay and overlay.get("file"):  # a local file of any format: load it through our door
         kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": overlay.get("custom_load", True)}
     out_indices = kwargs.pop("out_indices", 3)
-    model_args = dict(SIZES[size], patch_size=patch_size, causal=kwargs.pop("causal", False))
+    # any input size, as the cfg's fixed_input_size=False says: pad to a multiple of the patch (timm's dynamic_img_pad)
+    model_args = dict(SIZES[size], patch_size=patch_size, causal=kwargs.pop("causal", False), pad_to_patch=True)
     return build_model_with_cfg(
         NepaViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **dict(model_args, **kwargs))
