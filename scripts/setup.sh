@@ -111,6 +111,33 @@ PYEOF
     rm -rf "$LM_TMP"
 fi
 
+# timm's own model test-suite ships in its source archive (tests/), not in the wheel: tests/test_timm_suite.py runs
+# its test_models.py on our nepa_* models. Only tests/ of the installed version is kept, in the cache.
+TIMM_VERSION="$("$PY" -c "from importlib.metadata import version; print(version('timm'))")"
+TIMM_TESTS="$CACHE/timm-tests/$TIMM_VERSION"
+if [ ! -f "$TIMM_TESTS/tests/test_models.py" ]; then
+    log "fetching timm $TIMM_VERSION's test-suite into $TIMM_TESTS"
+    TT_TMP="$(mktemp -d)"
+    if "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: "timm==$TIMM_VERSION" -d "$TT_TMP" \
+        && "$PY" - "$TT_TMP"/timm-"$TIMM_VERSION".tar.gz "$TIMM_TESTS" <<'PYEOF'
+import shutil, sys, tarfile, tempfile
+from pathlib import Path
+
+archive, dest = sys.argv[1], Path(sys.argv[2])
+with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
+    members = [m for m in tar.getmembers() if m.isfile() and m.name.split("/")[1:2] == ["tests"]]
+    tar.extractall(tmp, members=members, filter="data")
+    src = next(Path(tmp).glob("*/tests"))
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest / "tests.tmp", ignore_errors=True)
+    shutil.copytree(src, dest / "tests.tmp")
+    shutil.rmtree(dest / "tests", ignore_errors=True)
+    (dest / "tests.tmp").rename(dest / "tests")  # the cache only ever holds a complete folder
+PYEOF
+    then :; else log "WARNING: could not fetch timm's test-suite; tests/test_timm_suite.py will skip"; fi
+    rm -rf "$TT_TMP"
+fi
+
 "$PY" -c "import mmcv.ops, mmseg.models, timm, backbones, nepa_eval" \
     || { log "ERROR: the environment does not import; see the messages above"; exit 1; }
 rm -f "$VENV"/.nepa-setup-*

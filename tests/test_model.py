@@ -224,3 +224,72 @@ def test_every_parameter_gets_a_gradient():
     m(torch.randn(2, 3, 28, 28)).sum().backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
+
+
+def test_block_indices_follow_timm():
+    from backbones.nepa.model import block_indices
+
+    assert block_indices(12) == (list(range(12)), 11)
+    assert block_indices(12, 3) == ([9, 10, 11], 11)
+    assert block_indices(12, [-1, 0, 5]) == ([11, 0, 5], 11)
+    for bad in (0, 13, [12], [-13], []):
+        with pytest.raises(ValueError, match="out of range"):
+            block_indices(12, bad)
+
+
+def test_intermediates_stop_early_and_pruning_give_the_same_taps():
+    m = make(depth=4)
+    x = torch.randn(2, 3, 28, 35)
+    final, taps = m.forward_intermediates(x, output_fmt="NLC")
+    torch.testing.assert_close(final, m.forward_features(x))
+    assert len(taps) == 4 and taps[0].shape == (2, 4 * 5, 32)
+    _, last2 = m.forward_intermediates(x, indices=2, output_fmt="NLC")
+    assert all(torch.equal(a, b) for a, b in zip(last2, taps[2:]))
+    early, (tap1,) = m.forward_intermediates(x, indices=[1], stop_early=True, output_fmt="NLC")
+    assert torch.equal(tap1, taps[1]) and early.shape == (2, 21, 32)
+    assert m.forward_intermediates(x, indices=[-3], output_fmt="NLC", intermediates_only=True)[0].equal(taps[1])
+    assert m.prune_intermediate_layers([1, -3]) == [1, 1] and len(m.blocks) == 2
+    assert torch.equal(m.forward_intermediates(x, indices=[1], output_fmt="NLC", intermediates_only=True)[0], taps[1])
+
+
+def test_attention_probs_take_the_forward_path():
+    """attention_probs uses forward's q/k path: a change to the QK-norm moves both the same way."""
+    m = make(causal=False)
+    attn = m.blocks[0].attn
+    x = torch.randn(1, 17, 32)
+    rope = m.rope((4, 4), x.device, num_prefix=1)
+    before = attn.attention_probs(x, rope, False)
+    with torch.no_grad():
+        attn.k_norm.weight.mul_(3.0)
+    after = attn.attention_probs(x, rope, False)
+    assert (after - before).abs().max() > 1e-3
+    _, _, v = attn._qkv(x, rope)
+    slow = attn.proj((after @ v).transpose(1, 2).reshape(1, 17, 32))
+    torch.testing.assert_close(attn(x, rope, False), slow, atol=1e-5, rtol=1e-5)
+
+
+def test_factory_device_and_dtype():
+    m = NepaViT(**tiny_kwargs(num_classes=3), device="meta", dtype=torch.float64)
+    tensors = [*m.parameters(), *m.buffers()]
+    assert {t.device.type for t in tensors} == {"meta"}
+    assert {t.dtype for t in m.parameters()} == {torch.float64}
+    m.eval().reset_classifier(5)
+    assert (m.head.weight.device.type, m.head.weight.dtype, m.head.training) == ("meta", torch.float64, False)
+    m.reset_classifier(0)
+    m.reset_classifier(2)  # fc_norm kept, a new Linear on the model's device and dtype
+    assert m.head.weight.dtype == torch.float64 and not any(mod.training for mod in m.modules())
+
+
+def test_model_file_stays_pure_pytorch():
+    """model.py imports only the standard library and torch at run time (the weight door lazily, no cycle)."""
+    import ast
+    from pathlib import Path
+
+    import backbones.nepa.model as mod
+
+    tree = ast.parse(Path(mod.__file__).read_text())
+    names = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "." for n in tree.body if isinstance(n, ast.ImportFrom)]
+    roots = {n.split(".")[0] for n in names}
+    assert roots <= {"__future__", "contextlib", "math", "os", "dataclasses", "typing", "torch"}, roots
+    assert "load_pretrained" in NepaViT.__dict__  # a method of the class, not assigned by an adapter

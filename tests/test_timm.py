@@ -101,3 +101,77 @@ def test_filter_fn_maps_release_and_wrapped_state_dicts(official_dir):
         m.load_state_dict(checkpoint_filter_fn(obj, m), strict=True)
         with torch.no_grad():
             torch.testing.assert_close(m.eval()(exp["pixel_values"]), exp["logits"], atol=1e-4, rtol=0)
+
+
+def test_load_pretrained_is_the_models_own_method(official_dir):
+    """NepaViT.load_pretrained (what timm's custom_load calls) goes through the weight door and reports."""
+    from backbones.nepa import CheckpointError, NepaViT
+    from backbones.nepa.model import NepaViT as ModelClass
+
+    assert NepaViT.load_pretrained is ModelClass.__dict__["load_pretrained"]
+    m = timm.create_model("nepa_tiny_patch14_224", embed_dim=128, depth=2, num_heads=2, mlp_hidden=512, num_classes=7)
+    report = m.load_pretrained(official_dir / "nepa_tiny_cls_bidirectional")
+    assert report is m.load_report and "head newly initialised" in str(report)
+    assert report.loaded == len(m.state_dict()) - 2  # all but the 7-class head
+    with pytest.raises(CheckpointError, match="missing"):
+        timm.create_model("nepa_tiny_patch14_224", embed_dim=128, depth=3, num_heads=2, mlp_hidden=512).load_pretrained(
+            official_dir / "nepa_tiny_cls_bidirectional")
+
+
+def test_missing_qk_norm_is_one_rule_for_the_door_and_the_filter(official_dir):
+    """The hub path (checkpoint_filter_fn) and the weight door fill absent QK-norm weights the same way."""
+    from safetensors.torch import load_file
+
+    from backbones.nepa.checkpoint import fill_missing_qk_norm, load_state_dict_into, to_nepa_state_dict, unwrap_state_dict
+    from backbones.nepa.timm_models import checkpoint_filter_fn
+
+    sd = load_file(str(official_dir / "nepa_tiny_pretrain_causal" / "model.safetensors"))
+    sd = {k: v for k, v in sd.items() if "_norm.weight" not in k or "attention.attention" not in k}
+    arch = dict(embed_dim=128, depth=2, num_heads=2, mlp_hidden=512, num_classes=0)
+    a, b = (timm.create_model("nepa_tiny_patch14_224", **arch) for _ in range(2))
+    for m in (a, b):
+        with torch.no_grad():
+            for blk in m.blocks:
+                blk.attn.q_norm.weight.fill_(5.0)
+    a.load_state_dict(checkpoint_filter_fn(sd, a), strict=True)
+    ours, notes = to_nepa_state_dict(unwrap_state_dict(sd))
+    report = load_state_dict_into(b, ours, "release", "hf", notes)
+    assert "4 QK-norm weights missing" in str(report)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.all(a.blocks[1].attn.k_norm.weight == 1)
+    filled = {}
+    assert fill_missing_qk_norm(filled, {"blocks.0.attn.q_norm.weight": torch.zeros(3), "x": torch.zeros(1)}) == [
+        "blocks.0.attn.q_norm.weight"]
+    assert filled["blocks.0.attn.q_norm.weight"].tolist() == [1.0] * 3
+
+
+def test_patch14_models_take_any_size():
+    """timm's cfg says fixed_input_size=False: timm-built models pad to the patch (timm's dynamic_img_pad)."""
+    m = timm.create_model("nepa_tiny_patch14_224", depth=1).eval()
+    assert m.patch_embed.pad
+    assert m.forward_features(torch.randn(1, 3, 96, 128)).shape == (1, 1 + 7 * 10, 192)  # 98 x 140 after padding
+    x = torch.randn(1, 3, 112, 126)  # multiples of 14: nothing padded, the same numbers as a non-padding model
+    strict = timm.create_model("nepa_tiny_patch14_224", depth=1, pad_to_patch=False).eval()
+    strict.load_state_dict(m.state_dict())
+    torch.testing.assert_close(strict(x), m(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 14"):
+        strict(torch.randn(1, 3, 96, 128))
+
+
+def test_fx_feature_extraction_with_timm_notrace_helpers():
+    """torch.fx traces the models with timm's tracer settings: shape checks and padding are one leaf call."""
+    from timm.models import create_feature_extractor, get_graph_node_names
+
+    m = timm.create_model("nepa_tiny_patch14_224", depth=3, drop_path_rate=0.1).eval()
+    train_nodes, eval_nodes = get_graph_node_names(m)  # traces train mode (drop path) and eval mode
+    assert "patch_embed.check_and_pad" in eval_nodes and "patch_embed.check_and_pad" in train_nodes
+    fx = create_feature_extractor(m, {"blocks.1": "b1", "norm": "out"})
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        out = fx(x)
+        _, (b1,) = m.forward_intermediates(x, indices=[1], output_fmt="NLC")
+        torch.testing.assert_close(out["out"], m.forward_features(x))
+        torch.testing.assert_close(out["b1"][:, 1:], b1)
+        torch.testing.assert_close(torch.jit.script(fx)(x)["out"], out["out"])
+    with pytest.raises(ValueError, match="3 input channels"):  # the leaf still checks at run time
+        fx(torch.randn(1, 1, 28, 28))

@@ -465,11 +465,24 @@ def load_weights(model: NepaViT, path: str | os.PathLike, strict: bool = True, e
     """
     raw = read_checkpoint(path, ema=ema)
     sd, notes = to_nepa_state_dict(raw)
-    return _load_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head)
+    return load_state_dict_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head)
 
 
-def _load_into(model: NepaViT, sd: dict[str, torch.Tensor], path: str, fmt: str, notes: list[str],
-               strict: bool, allow_new_head: bool) -> LoadReport:
+def fill_missing_qk_norm(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> list[str]:
+    """Add the QK-norm weights that `sd` lacks as ones (the release's Base pretraining config has a QK-norm
+    without affine weights, which equals weight 1); returns the keys added. `own` is the model's state dict."""
+    added = [k for k in own if k.endswith(("q_norm.weight", "k_norm.weight")) and k not in sd]
+    for k in added:
+        sd[k] = torch.ones_like(own[k])
+    return added
+
+
+def load_state_dict_into(model: NepaViT, sd: dict[str, torch.Tensor], path: str, fmt: str, notes: list[str],
+                         strict: bool = True, allow_new_head: bool = True) -> LoadReport:
+    """Load a state dict already in our key names (``to_nepa_state_dict``) into `model`, with the door's checks.
+
+    `path` and `fmt` name the source in the report and in errors; `notes` start the report's notes.
+    """
     own = model.state_dict()
     report = LoadReport(path=path, fmt=fmt, total=len(own), notes=notes)
     # the pretraining objective's mask token belongs to the trainer, not the backbone
@@ -491,14 +504,11 @@ def _load_into(model: NepaViT, sd: dict[str, torch.Tensor], path: str, fmt: str,
     if bad_shapes:
         raise CheckpointError(f"{path} [{fmt}]: shapes disagree with the model (wrong size or architecture?): "
                               + "; ".join(bad_shapes[:10]) + (f" (+{len(bad_shapes) - 10} more)" if len(bad_shapes) > 10 else ""))
-    missing = [k for k in own if k not in matched]
-    qk = [k for k in missing if k.endswith(("q_norm.weight", "k_norm.weight"))]
+    qk = fill_missing_qk_norm(matched, own)
     if qk:
-        for k in qk:
-            matched[k] = torch.ones_like(own[k])
         report.notes.append(f"{len(qk)} QK-norm weights missing in the checkpoint, loaded as ones (a no-affine "
                             "QK-norm, as in the release's Base pretraining config)")
-        missing = [k for k in missing if k not in qk]
+    missing = [k for k in own if k not in matched]
     head = [k for k in missing if k.startswith(("head.", "fc_norm."))]
     rest = [k for k in missing if k not in head]
     if strict and (rest or (head and not allow_new_head)):
@@ -513,6 +523,9 @@ def _load_into(model: NepaViT, sd: dict[str, torch.Tensor], path: str, fmt: str,
                               "checkpoint's architecture differs from the model's; pass strict=False to ignore them.")
     logger.info("%s", report)
     return report
+
+
+_load_into = load_state_dict_into  # the old private name, until every caller uses the public one
 
 
 def from_pretrained(path: str | os.PathLike, ema: bool = False, num_classes: Optional[int] = None,
@@ -533,7 +546,7 @@ def from_pretrained(path: str | os.PathLike, ema: bool = False, num_classes: Opt
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot build the model it describes: {e}") from e
     allow_head = num_classes is not None or cfg.get("num_classes", 0) == 0
-    report = _load_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head=allow_head)
+    report = load_state_dict_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head=allow_head)
     if num_classes is not None and num_classes != (sd["head.weight"].shape[0] if "head.weight" in sd else 0):
         report.notes.append(f"classifier head replaced for {num_classes} classes")
     model.load_report = report

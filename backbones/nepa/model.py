@@ -4,15 +4,19 @@ Pure PyTorch; nothing here imports timm, mmengine or mmseg. One class, `NepaViT`
 pretraining backbone (``num_classes=0``) and as the classifier with the public release's head
 (final norm -> mean of patch tokens -> fc_norm -> zero-initialised Linear).
 """
-from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadReport
 
 POS_EMBED_CHOICES = ("rope", "abs", "rope+abs", "none")
 MLP_CHOICES = ("gelu", "swiglu")
@@ -113,6 +117,24 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def check_and_pad(x: torch.Tensor, in_chans: int, patch: int, pad: bool) -> torch.Tensor:
+    """Check a (B, C, H, W) image batch; pad H and W to a multiple of the patch (bottom/right) or raise."""
+    if x.dim() != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got shape {list(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {list(x.shape)})")
+    H, W = x.shape[-2], x.shape[-1]
+    if H % patch == 0 and W % patch == 0:
+        return x
+    if not pad:
+        raise ValueError(
+            f"input size {H}x{W} is not a multiple of the patch size {patch}; resize or crop to a multiple "
+            f"(e.g. {max(H // patch * patch, patch)}x{max(W // patch * patch, patch)}), or build the model "
+            "with pad_to_patch=True"
+        )
+    return F.pad(x, (0, (patch - W % patch) % patch, 0, (patch - H % patch) % patch))
+
+
 class PatchEmbed(nn.Module):
     """Conv2d patchify, raster order, with an explicit error (or padding) for non-multiple inputs."""
 
@@ -123,20 +145,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        if x.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
-        if x.shape[1] != self.proj.in_channels:
-            raise ValueError(f"expected {self.proj.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        H, W = x.shape[-2:]
-        p = self.patch_size
-        if H % p or W % p:
-            if not self.pad:
-                raise ValueError(
-                    f"input size {H}x{W} is not a multiple of the patch size {p}; resize or crop to a multiple "
-                    f"(e.g. {H // p * p or p}x{W // p * p or p}), or build the model with pad_to_patch=True"
-                )
-            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
-        x = self.proj(x)
+        x = self.proj(check_and_pad(x, self.proj.in_channels, self.patch_size, self.pad))
         grid = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), grid
 
@@ -152,7 +161,7 @@ class Rope2D(nn.Module):
     def __init__(self, head_dim: int, theta: float = 100.0, rescale: Optional[float] = None) -> None:
         super().__init__()
         self.head_dim = head_dim
-        self.rescale = rescale
+        self.rescale = 1.0 if rescale is None else float(rescale)  # 1.0: off
         inv_freq = 1.0 / theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
@@ -163,7 +172,7 @@ class Rope2D(nn.Module):
         cy = 2 * (torch.arange(0.5, h, device=device, dtype=torch.float32) / h) - 1
         cx = 2 * (torch.arange(0.5, w, device=device, dtype=torch.float32) / w) - 1
         coords = torch.stack(torch.meshgrid(cy, cx, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2) as (y, x)
-        if self.training and self.rescale is not None and self.rescale != 1.0:
+        if self.training and self.rescale != 1.0:
             lo, hi = -math.log(self.rescale), math.log(self.rescale)
             coords = coords * torch.empty((), device=device).uniform_(lo, hi).exp()
         angles = 2 * math.pi * coords[:, :, None] * self.inv_freq.to(device)  # (N, 2, hd/4)
@@ -199,25 +208,28 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = nn.Identity()
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
-    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool) -> torch.Tensor:
-        B, T, D = x.shape
+    def _qkv(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, heads, T, head_dim); q and k normed, then rotated by RoPE."""
+        B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[0], rope[1])
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool) -> torch.Tensor:
+        q, k, v = self._qkv(x, rope)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.proj(x.transpose(1, 2).reshape(B, T, D))
+        return self.proj(x.transpose(1, 2).flatten(2))
 
     def attention_probs(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]],
                         causal: bool) -> torch.Tensor:
         """The (B, heads, T, T) attention matrix, for analysis only (the slow explicit path)."""
-        B, T, D = x.shape
-        q, k, _ = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, _ = self._qkv(x, rope)
         logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
         if causal:
+            T = x.shape[1]
             logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
         return logits.softmax(-1)
 
@@ -274,35 +286,39 @@ class Block(nn.Module):
 class NepaViT(nn.Module):
     """NEPA Vision Transformer: backbone (num_classes=0) or classifier with the release's head."""
 
-    def __init__(self, cfg: Optional[NepaConfig] = None, **kwargs: Any) -> None:
+    def __init__(self, cfg: Optional[NepaConfig] = None, device: Optional[torch.device | str] = None,
+                 dtype: Optional[torch.dtype] = None, **kwargs: Any) -> None:
         super().__init__()
         cfg = NepaConfig.from_dict(cfg.to_dict() if cfg else {}, **kwargs)
         self.cfg = cfg
         self.causal = cfg.causal
         self.num_prefix_tokens = 1 if cfg.class_token else 0
         self.embed_dim = self.num_features = self.head_hidden_size = cfg.embed_dim
+        self.in_chans = cfg.in_chans
         self.patch_size = cfg.patch_size
         self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, pad=cfg.pad_to_patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
         self.base_grid = (cfg.img_size // cfg.patch_size,) * 2
-        self.pos_embed = (nn.Parameter(torch.zeros(1, self.base_grid[0] * self.base_grid[1], cfg.embed_dim))
-                          if "abs" in cfg.pos_embed else None)
-        self.rope = Rope2D(cfg.head_dim, cfg.rope_theta, cfg.rope_rescale) if "rope" in cfg.pos_embed else None
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
-        self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size)
-                             for i in range(cfg.depth)]
-
         self.global_pool = cfg.global_pool
         self.num_classes = cfg.num_classes
-        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.num_classes > 0 else nn.Identity()
-        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.init_weights()
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size)
+                             for i in range(cfg.depth)]
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
 
-    # -- init ------------------------------------------------------------------------------------
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, pad=cfg.pad_to_patch)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
+            self.pos_embed = (nn.Parameter(torch.zeros(1, self.base_grid[0] * self.base_grid[1], cfg.embed_dim))
+                              if "abs" in cfg.pos_embed else None)
+            self.rope = Rope2D(cfg.head_dim, cfg.rope_theta, cfg.rope_rescale) if "rope" in cfg.pos_embed else None
+            self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
+            self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
+            self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.num_classes > 0 else nn.Identity()
+            self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+            self.init_weights()
+        if dtype is not None:
+            self.to(dtype)
+
+    # -- init and weights ------------------------------------------------------------------------
     def init_weights(self) -> None:
         """The release's init: trunc-normal 0.02 for Linear/Conv/tokens, zero biases, zero-initialised head."""
         for m in self.modules():
@@ -322,6 +338,15 @@ class NepaViT(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+    def load_pretrained(self, path: str | os.PathLike, ema: bool = False, strict: bool = True,
+                        allow_new_head: bool = True) -> "LoadReport":
+        """Load any checkpoint the weight door reads (timm's custom_load calls this); the report is kept on
+        ``self.load_report``. Raises CheckpointError on any real mismatch (see ``checkpoint.load_weights``)."""
+        from .checkpoint import load_weights  # imported here: the weight door imports this module
+
+        self.load_report = load_weights(self, path, strict=strict, ema=ema, allow_new_head=allow_new_head)
+        return self.load_report
+
     # -- pieces used by the pretraining objective and the dense adapters ---------------------------
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """z = [cls ; patchify(x)]: the NEPA targets (no position information). Returns (z, grid)."""
@@ -330,34 +355,35 @@ class NepaViT(nn.Module):
             z = torch.cat((self.cls_token.expand(z.shape[0], -1, -1).to(z.dtype), z), dim=1)
         return z, grid
 
-    def _abs_pos(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        pos = self.pos_embed
-        if grid != self.base_grid:
-            pos = pos.reshape(1, *self.base_grid, -1).permute(0, 3, 1, 2)
-            pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
-            pos = pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
-        return pos.to(dtype)
-
-    def iter_blocks(self, z: torch.Tensor, grid: tuple[int, int], causal: Optional[bool] = None):
-        """Run the blocks over input embeddings z, yielding the (unnormalised) output of each block."""
-        causal = self.causal if causal is None else causal
+    def _block_inputs(self, z: torch.Tensor, grid: tuple[int, int]
+                      ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """The first block's input (z plus absolute positions, if any) and the RoPE tables of the grid."""
         x = z
         if self.pos_embed is not None:
             n = self.num_prefix_tokens
-            x = torch.cat((x[:, :n], x[:, n:] + self._abs_pos(grid, x.dtype)), dim=1)
+            x = torch.cat((x[:, :n], x[:, n:] + resample_abs_pos(self.pos_embed, self.base_grid, grid).to(x.dtype)),
+                          dim=1)
         rope = self.rope(grid, x.device, self.num_prefix_tokens) if self.rope is not None else None
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, rope, causal, use_reentrant=False)
-            else:
-                x = blk(x, rope, causal)
-            yield x
+        return x, rope
+
+    def _run_blocks(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]], causal: bool,
+                    last: int, take: Optional[list[int]] = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Blocks 0..last over x: the output of block `last` and the outputs of the blocks in `take`."""
+        taken: list[torch.Tensor] = []
+        for i, blk in enumerate(self.blocks):
+            if i <= last:
+                if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                    x = torch.utils.checkpoint.checkpoint(blk, x, rope, causal, use_reentrant=False)
+                else:
+                    x = blk(x, rope, causal)
+                if take is not None and i in take:
+                    taken.append(x)
+        return x, taken
 
     def forward_tokens(self, z: torch.Tensor, grid: tuple[int, int], causal: Optional[bool] = None) -> torch.Tensor:
         """Transformer + final norm over input embeddings: h = norm(blocks(z)), (B, T, D)."""
-        x = z
-        for x in self.iter_blocks(z, grid, causal):
-            pass
+        x, rope = self._block_inputs(z, grid)
+        x, _ = self._run_blocks(x, rope, self.causal if causal is None else causal, len(self.blocks) - 1)
         return self.norm(x)
 
     # -- timm-style API --------------------------------------------------------------------------
@@ -392,21 +418,23 @@ class NepaViT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head (zero-initialised) for `num_classes` outputs; 0 removes it."""
+        """Replace the head (zero-initialised, on the model's device and dtype) for `num_classes`; 0 removes it."""
         if global_pool is not None:
             if global_pool not in POOL_CHOICES:
                 raise ValueError(f"global_pool must be one of {POOL_CHOICES}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = self.patch_embed.proj.weight.device
+        w = self.patch_embed.proj.weight
         if num_classes > 0:
             if not isinstance(self.fc_norm, nn.LayerNorm):
-                self.fc_norm = nn.LayerNorm(self.embed_dim, eps=self.cfg.norm_eps, device=device)
-            self.head = nn.Linear(self.embed_dim, num_classes, device=device)
+                self.fc_norm = nn.LayerNorm(self.embed_dim, eps=self.cfg.norm_eps, device=w.device, dtype=w.dtype)
+                self.fc_norm.train(self.training)
+            self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         else:
             self.head = nn.Identity()
+        self.head.train(self.training)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -434,31 +462,25 @@ class NepaViT(nn.Module):
     ):
         """Outputs of chosen blocks as (B, D, h, w) maps (or NLC), with the final features unless asked not to.
 
-        `indices`: an int n takes the last n blocks; a sequence takes those block indices (negative allowed).
+        `indices` as timm's: None takes every block, an int n the last n, a sequence those (negative from the end).
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
-        depth = len(self.blocks)
-        if indices is None:
-            indices = depth
-        take = list(range(depth - indices, depth)) if isinstance(indices, int) else [i % depth for i in indices]
-        if any(not 0 <= i < depth for i in take):
-            raise ValueError(f"block indices {indices} out of range for depth {depth}")
-        last = max(take) if (stop_early or intermediates_only) else depth - 1
-        B = x.shape[0]
+        take, last = block_indices(len(self.blocks), indices)
+        if not (stop_early or intermediates_only):
+            last = len(self.blocks) - 1
         z, grid = self.embed(x)
+        h, rope = self._block_inputs(z, grid)
+        h, taken = self._run_blocks(h, rope, self.causal if causal is None else causal, last, take)
         n = self.num_prefix_tokens
         outs, prefixes = [], []
-        for i, h in enumerate(self.iter_blocks(z, grid, causal)):
-            if i in take:
-                y = self.norm(h) if norm else h
-                prefixes.append(y[:, :n])
-                y = y[:, n:]
-                if output_fmt == "NCHW":
-                    y = y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
-                outs.append(y)
-            if i == last:
-                break
+        for y in taken:
+            y = self.norm(y) if norm else y
+            prefixes.append(y[:, :n])
+            y = y[:, n:]
+            if output_fmt == "NCHW":
+                y = y.reshape(y.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+            outs.append(y)
         if return_prefix_tokens:
             outs = list(zip(outs, prefixes))
         if intermediates_only:
@@ -467,15 +489,40 @@ class NepaViT(nn.Module):
 
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        depth = len(self.blocks)
-        take = list(range(depth - indices, depth)) if isinstance(indices, int) else [i % depth for i in indices]
-        self.blocks = self.blocks[: max(take) + 1]
+        """Drop the blocks after the last of `indices` (and the norm / head if asked); returns the indices."""
+        take, last = block_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.fc_norm = nn.Identity()
             self.reset_classifier(0)
         return take
+
+
+def block_indices(depth: int, indices: Optional[int | Sequence[int]] = None) -> tuple[list[int], int]:
+    """timm's feature_take_indices: None -> every block, int n -> the last n, a sequence -> those blocks
+    (negative from the end). Returns (the indices, the largest)."""
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"last-n ({indices}) is out of range (1 to {depth})")
+        take = list(range(depth - indices, depth))
+    else:
+        take = [depth + i if i < 0 else i for i in indices]
+        if not take or any(not 0 <= i < depth for i in take):
+            raise ValueError(f"block indices {list(indices)} out of range for depth {depth}")
+    return take, max(take)
+
+
+def resample_abs_pos(pos: torch.Tensor, base_grid: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """Learned absolute positions (1, N, D) of the base grid, bicubically resized to `grid` when it differs."""
+    if grid == base_grid:
+        return pos
+    pos = pos.reshape(1, base_grid[0], base_grid[1], -1).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
+    return pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
 
 
 SIZES: dict[str, dict[str, int]] = {

@@ -4,21 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 
-from .checkpoint import load_weights, to_nepa_state_dict, unwrap_state_dict
-from .model import SIZES, NepaViT
+from .checkpoint import fill_missing_qk_norm, to_nepa_state_dict, unwrap_state_dict
+from .model import SIZES, NepaViT, check_and_pad, resample_abs_pos
 
 __all__ = ["checkpoint_filter_fn"]
 
-
-def _load_pretrained(self: NepaViT, path: str) -> None:
-    """timm's custom_load hook: any format the weight door accepts."""
-    report = load_weights(self, path, strict=True, allow_new_head=True)
-    self.load_report = report
-
-
-NepaViT.load_pretrained = _load_pretrained
+# Python control flow over input shapes (the image check and padding, resizing learned positions) runs as one
+# leaf call under timm's FX tracer, so create_feature_extractor and timm's fx helpers can trace the models.
+register_notrace_function(check_and_pad)
+register_notrace_function(resample_abs_pos)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NepaViT) -> dict[str, torch.Tensor]:
@@ -26,9 +22,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NepaViT) ->
     state_dict, _ = to_nepa_state_dict(unwrap_state_dict(state_dict))  # the weight door's own mapping
     own = model.state_dict()
     out = {k: v for k, v in state_dict.items() if k != "mask_token"}
-    for k in own:  # the release's Base pretraining config has no QK-norm affine: weight = 1
-        if k.endswith(("q_norm.weight", "k_norm.weight")) and k not in out:
-            out[k] = torch.ones_like(own[k])
+    fill_missing_qk_norm(out, own)
     if "head.weight" in out and ("head.weight" not in own or out["head.weight"].shape != own["head.weight"].shape):
         out = {k: v for k, v in out.items() if not k.startswith("head.")}
     return out
@@ -59,7 +53,8 @@ def _create_nepa(variant: str, size: str, patch_size: int, pretrained: bool = Fa
     if overlay and overlay.get("file"):  # a local file of any format: load it through our door
         kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": overlay.get("custom_load", True)}
     out_indices = kwargs.pop("out_indices", 3)
-    model_args = dict(SIZES[size], patch_size=patch_size, causal=kwargs.pop("causal", False))
+    # any input size, as the cfg's fixed_input_size=False says: pad to a multiple of the patch (timm's dynamic_img_pad)
+    model_args = dict(SIZES[size], patch_size=patch_size, causal=kwargs.pop("causal", False), pad_to_patch=True)
     return build_model_with_cfg(
         NepaViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **dict(model_args, **kwargs))
