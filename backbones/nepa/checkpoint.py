@@ -525,7 +525,6 @@ def load_state_dict_into(model: NepaViT, sd: dict[str, torch.Tensor], path: str,
     return report
 
 
-_load_into = load_state_dict_into  # the old private name, until every caller uses the public one
 
 
 def from_pretrained(path: str | os.PathLike, ema: bool = False, num_classes: Optional[int] = None,

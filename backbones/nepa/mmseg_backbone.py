@@ -30,8 +30,9 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from .checkpoint import CheckpointError, read_checkpoint, register_safe_globals, resolve_config, to_nepa_state_dict
-from .checkpoint import _load_into as load_state_dict_into
+from .checkpoint import (CheckpointError, load_state_dict_into, read_checkpoint, register_safe_globals, resolve_config,
+                         to_nepa_state_dict)
+
 
 register_safe_globals()  # mmseg's tools/train.py --resume and tools/test.py read our mmengine checkpoints
 from .model import SIZES, NepaConfig, NepaViT
