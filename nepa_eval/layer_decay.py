@@ -1,9 +1,13 @@
 """Layer-wise learning-rate decay whose RATE can ramp during training, shared by cls and seg.
 
-Exponents as the public release assigns them (L blocks):
-    head, fc_norm, final norm, and anything outside the backbone (necks, decode heads) -> 0
-    block i                                                                             -> L - 1 - i
-    embeddings (cls token, position embedding, patch projection, mask token)            -> L
+Exponents (L blocks), in two conventions (``paramwise_cfg.layer_decay_exponents``):
+                                                          'release' (classification)   'mmseg' (segmentation)
+    head, fc_norm, final norm, anything outside the
+    backbone (necks, decode heads)                        0                            0
+    block i                                               L - 1 - i                    L - i
+    embeddings (cls token, positions, patch projection)   L                            L + 1
+'release' is the public release's fine-tuning code; 'mmseg' is mmseg's LearningRateDecayOptimizerConstructor
+(the MAE / BEiT UPerNet recipe), where every block sits one step deeper than in the release's.
 A group's learning rate at step t is the truth this module guarantees:
 
     lr(t) = base_lr * schedule(t) * rate(t) ** exponent     (head groups: head_lr * schedule(t))
@@ -30,16 +34,22 @@ _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _EMBED = ("cls_token", "pos_embed", "patch_embed", "mask_token")
 
 
-def layer_exponent(name: str, num_layers: int, backbone_prefix: str = "backbone.") -> int:
+EXPONENT_CONVENTIONS = {"release": 0, "mmseg": 1}  # how much deeper every block and the embeddings sit
+
+
+def layer_exponent(name: str, num_layers: int, backbone_prefix: str = "backbone.", convention: str = "release") -> int:
     """The decay exponent of one parameter (see the module docstring)."""
+    if convention not in EXPONENT_CONVENTIONS:
+        raise ValueError(f"unknown layer_decay_exponents {convention!r}; choose from {sorted(EXPONENT_CONVENTIONS)}")
+    shift = EXPONENT_CONVENTIONS[convention]
     if backbone_prefix and not name.startswith(backbone_prefix):
         return 0
     local = name[len(backbone_prefix):] if backbone_prefix else name
     m = _BLOCK.search("." + local)
     if m:
-        return num_layers - 1 - int(m.group(1))
+        return num_layers - 1 - int(m.group(1)) + shift
     if local.split(".")[0] in _EMBED:
-        return num_layers
+        return num_layers + shift
     return 0
 
 
@@ -73,7 +83,7 @@ def schedule_at(step: int, total: int, warmup: int, schedule: str = "cosine", mi
 
 def build_param_groups(model: nn.Module, base_lr: float, weight_decay: float, num_layers: int,
                        backbone_prefix: str = "backbone.", head_lr: Optional[float] = None,
-                       rate: float = 0.65) -> list[dict[str, Any]]:
+                       rate: float = 0.65, convention: str = "release") -> list[dict[str, Any]]:
     """One group per (exponent, decay/no-decay, head) with the bookkeeping the LR hook needs.
 
     Weight decay only on matrices (ndim >= 2, not tokens/embeddings); frozen parameters are left out.
@@ -84,7 +94,7 @@ def build_param_groups(model: nn.Module, base_lr: float, weight_decay: float, nu
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        exp = layer_exponent(name, num_layers, backbone_prefix)
+        exp = layer_exponent(name, num_layers, backbone_prefix, convention)
         local = name[len(backbone_prefix):] if backbone_prefix and name.startswith(backbone_prefix) else name
         is_head = (backbone_prefix and not name.startswith(backbone_prefix)) or local.startswith(("head.", "fc_norm.", "norm."))
         use_head_lr = head_lr is not None and is_head
@@ -107,7 +117,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     The whole layer-decay schedule is stated here, once, in ``paramwise_cfg``: ``layer_decay_rate`` (the rate,
     or the ramp's start), ``layer_decay_rate_end`` and ``layer_decay_ramp`` ('constant', 'linear', 'cosine'),
     ``head_lr`` (absolute lr outside the backbone / for head and fc_norm; None = base lr with exponent 0),
-    ``num_layers`` (default: len(model.backbone.blocks)), ``backbone_prefix`` ('backbone.'). Every group records
+    ``num_layers`` (default: len(model.backbone.blocks)), ``backbone_prefix`` ('backbone.'),
+    ``layer_decay_exponents`` ('release', the default, or 'mmseg': see the module docstring). Every group records
     its ``layer_exponent``, ``base_lr`` and the schedule, where `LayerDecayLRHook` reads them.
     """
 
@@ -119,7 +130,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         decay_rate_at(0.5, **schedule)  # validate early, with a clear message
         groups = build_param_groups(module, base_lr=self.base_lr, weight_decay=self.base_wd or 0.0,
                                     num_layers=cfg.get("num_layers") or len(_get(module, backbone).blocks),
-                                    backbone_prefix=backbone, head_lr=cfg.get("head_lr"), rate=schedule["rate"])
+                                    backbone_prefix=backbone, head_lr=cfg.get("head_lr"), rate=schedule["rate"],
+                                    convention=cfg.get("layer_decay_exponents", "release"))
         for g in groups:
             g.pop("names")
             g.update(layer_decay_rate=schedule["rate"], layer_decay_rate_end=schedule["rate_end"],
@@ -194,4 +206,4 @@ def layer_decay_of(cfg: Any) -> dict[str, Any]:
         return {}
     pw = ow.get("paramwise_cfg") or {}
     return dict(rate=pw.get("layer_decay_rate", 0.65), rate_end=pw.get("layer_decay_rate_end"),
-                ramp=pw.get("layer_decay_ramp", "constant"))
+                ramp=pw.get("layer_decay_ramp", "constant"), exponents=pw.get("layer_decay_exponents", "release"))

@@ -160,3 +160,53 @@ def test_the_hook_reads_the_schedule_the_constructor_recorded():
         assert hook.current_rate == pytest.approx(want_mid)
         g0 = next(g for g in opt.param_groups if g["layer_exponent"] == L - 1)  # block 0
         assert g0["lr"] == pytest.approx(g0["base_lr"] * want_mid ** (L - 1))
+
+
+def test_seg_exponents_are_mmsegs_own_layer_for_layer():
+    """Our seg recipe's lr scales equal those of mmseg's own LearningRateDecayOptimizerConstructor on mmseg's own MAE
+    backbone (the anchor's recipe), mapped layer for layer: MAE layers.i <-> our blocks.i, patch_embed.projection
+    and cls_token <-> ours, the final norm and everything outside the backbone at scale 1. The release's convention is one step lower."""
+    pytest.importorskip("mmseg.models")
+    import torch.nn as nn
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.engine.optimizers import LearningRateDecayOptimizerConstructor
+    from mmseg.models.backbones import MAE
+
+    from backbones.nepa.mmseg_backbone import NepaBackbone
+
+    depth, rate = 3, 0.65
+    theirs = nn.Module()
+    theirs.backbone = MAE(img_size=28, patch_size=7, embed_dims=32, num_layers=depth, num_heads=2, mlp_ratio=2)
+    theirs.decode_head = nn.Conv2d(32, 4, 1)
+    ow = LearningRateDecayOptimizerConstructor(
+        dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05)),
+        dict(num_layers=depth, decay_rate=rate, decay_type="layer_wise"))(theirs)
+    mmseg_scale = {n: g["lr_scale"] for g in ow.optimizer.param_groups for n in g["param_names"]}
+
+    def layer_of(name: str) -> str:  # the role of a parameter, in either naming
+        local = name.split(".", 1)[1] if name.startswith("backbone.") else None
+        if local is None:
+            return "top"
+        if local.startswith(("layers.", "blocks.")):
+            return f"block {local.split('.')[1]}"
+        if local.split(".")[0] in ("cls_token", "pos_embed", "patch_embed", "mask_token"):
+            return "embeddings"
+        return "top"  # the backbone's final norm: mmseg's "everything else", as outside the backbone
+
+    want = {}
+    for n, s in mmseg_scale.items():
+        assert want.setdefault(layer_of(n), s) == pytest.approx(s), n  # one scale per role in mmseg's groups
+    cfg = Config.fromfile(str(ROOT / "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"))
+    ours = nn.Module()
+    ours.backbone = NepaBackbone(arch=dict(tiny_kwargs(depth=depth)), out_indices=[depth - 1], out_norm=True)
+    ours.decode_head = nn.Conv2d(32, 4, 1)
+    cfg.optim_wrapper.paramwise_cfg.layer_decay_rate = rate
+    groups = build_optim_wrapper(ours, cfg.optim_wrapper).optimizer.param_groups
+    names = {id(p): n for n, p in ours.named_parameters()}
+    got = {names[id(p)]: rate ** g["layer_exponent"] for g in groups for p in g["params"]}
+    assert {layer_of(n) for n in got} == set(want)  # the same roles: embeddings, every block, the top
+    for n, s in got.items():
+        assert s == pytest.approx(want[layer_of(n)]), n
+    # the release's convention (classification) sits one step lower: block 0 at rate ** (L - 1), not rate ** L
+    assert layer_exponent("backbone.blocks.0.attn.qkv.weight", depth) == depth - 1
+    assert layer_exponent("backbone.blocks.0.attn.qkv.weight", depth, convention="mmseg") == depth

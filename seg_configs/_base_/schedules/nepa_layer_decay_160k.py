@@ -10,8 +10,10 @@ optim_wrapper = dict(
     constructor='LayerDecayOptimWrapperConstructor',
     # the decay rate, stated once: constant 0.65 (the anchor), or a ramp, e.g. layer_decay_rate=0.35,
     # layer_decay_rate_end=1.0, layer_decay_ramp='linear'; LayerDecayLRHook reads it from the parameter groups
+    # exponents as mmseg's LearningRateDecayOptimizerConstructor assigns them (block i: L - i, embeddings: L + 1),
+    # the MAE anchor's recipe exactly; the release's classification convention is one lower ('release')
     paramwise_cfg=dict(layer_decay_rate=0.65, layer_decay_rate_end=None, layer_decay_ramp='constant',
-                       backbone_prefix='backbone.'))  # num_layers: from the backbone
+                       layer_decay_exponents='mmseg', backbone_prefix='backbone.'))  # num_layers: from the backbone
 param_scheduler = []
 custom_hooks = [
     dict(type='LayerDecayLRHook', warmup=1500, schedule='poly', power=1.0, min_lr_ratio=0.0,
