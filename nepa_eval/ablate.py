@@ -21,7 +21,7 @@ from typing import Any, Optional
 from nepa_eval.engine import ROOT, read_final, update_final
 from nepa_eval.report import Row, TableSpec, load_spec, read_config, run_report, scalars_of
 
-REUSE = ("ok", "collapsed", "diverged")  # finished runs; "failed" (a crash) and "running" (killed) run again
+REUSE = ("ok", "collapsed", "diverged", "trivial")  # finished runs; "failed" (a crash) and "running" (killed) run again
 COMMAND_FILE = "ablate_command.txt"  # the command that made the run: a run made by another command is redone
 TINY_BASE_PRETRAIN = "_pretrain"  # the shared pretraining of tables whose rows start from a checkpoint
 
@@ -207,7 +207,7 @@ def run_tiny(spec: TableSpec, args: argparse.Namespace) -> Path:
             else:
                 status = ensure_stage(argv, run_dir, desc, args.force, args.quiet)
             if status != "ok":
-                break  # a collapsed pretraining is the row's result ("fail"); nothing to fine-tune
+                break  # a collapsed / trivial pretraining is the row's result ("fail"); nothing to fine-tune
             if stage == "pretrain":
                 ckpt = backbone_file(run_dir)
     return root

@@ -4,7 +4,7 @@ every run needs (distributed launch, gloo on CPUs, AMP), the self-describing run
 A run directory holds:
     config.py            the resolved config (every `_base_` and --cfg-options applied)
     scalars.jsonl        one JSON object per logged step / evaluation: {"step": ..., "loss": ..., ...}
-    final_metrics.json   {"task", "status": running|ok|failed|collapsed|diverged, "reason", "steps", <metrics>}
+    final_metrics.json   {"task", "status": running|ok|failed|collapsed|trivial|diverged, "reason", "steps", <metrics>}
     iter_N.pth / epoch_N.pth + last_checkpoint   mmengine checkpoints (resume with --resume)
 The report module rebuilds every table from these files alone.
 """

@@ -23,7 +23,7 @@ from .engine import FINAL, SCALARS, read_final
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_DIR = ROOT / "reports"
-FAIL_STATUSES = ("failed", "collapsed", "diverged")
+FAIL_STATUSES = ("failed", "collapsed", "diverged", "trivial")
 CSV_COLUMNS = ("row", "label", "paper", "ours", "metric", "status", "agrees", "run", "reason")
 HEALTH_KEYS = ("cos", "out_std", "eff_rank")
 
@@ -607,8 +607,8 @@ def write_summary(results: list[TableResult], out: Path, run_dirs: list[str],
                   extra: Optional[dict[str, list[Path]]] = None) -> Path:
     """summary.md: per table the cells and the images (then any extra sections of images), for a Markdown viewer."""
     lines = ["# nepa-eval report", "",
-             f"Runs read from: {', '.join(str(d) for d in run_dirs)}. Cells: `fail` = the run collapsed, diverged "
-             "or crashed (as the paper prints it); empty with status `missing` = no run matched the row. Our "
+             f"Runs read from: {', '.join(str(d) for d in run_dirs)}. Cells: `fail` = the run collapsed, diverged, "
+             "found the trivial copy solution or crashed (as the paper prints it); empty with status `missing` = no run matched the row. Our "
              "numbers at tiny scale (Fashion-MNIST, CPU) are not comparable in value to the paper's ImageNet "
              "numbers; `agrees` checks the direction against the table's baseline row.", ""]
     for res in results:

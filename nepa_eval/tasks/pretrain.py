@@ -167,17 +167,27 @@ class NepaHealthHook(Hook):
     collapse, where outputs and targets drift together towards one vector and the cosine towards 1), or when
     eff_rank is below `collapse_rank`. After `patience` low checks past `min_steps` the run is marked
     'collapsed' in final_metrics.json and, when `stop_on_collapse`, stopped. A non-finite gradient norm stops
-    the run before that step's checkpoint is written."""
+    the run before that step's checkpoint is written.
+
+    The trivial-solution detector: a run that sits at its loss floor from the start, with the prediction's cosine
+    to its target at least `trivial_cos` at each of its first `trivial_checks` checks (steps up to
+    interval x trivial_checks), has found a shortcut, not a representation: without the one-step shift the
+    model copies its input (cosine 0.99+ from step 5 in the tiny recipe, while the paper's recipe and its
+    no-causal row start near 0.37 and climb slowly). It is marked 'trivial' (a failed row, like 'collapsed')
+    and, when `stop_on_trivial`, stopped. `trivial_cos` None switches the detector off."""
 
     priority = "NORMAL"  # after the runtime info, before the logger and the checkpoint hook
 
     def __init__(self, interval: int = 10, collapse_std: float = 0.05, collapse_ratio: Optional[float] = 0.6,
                  collapse_rank: Optional[float] = None, patience: int = 3, min_steps: int = 0,
-                 stop_on_collapse: bool = True) -> None:
+                 stop_on_collapse: bool = True, trivial_cos: Optional[float] = 0.95, trivial_checks: int = 3,
+                 stop_on_trivial: bool = True) -> None:
         self.interval, self.collapse_std, self.collapse_rank = interval, collapse_std, collapse_rank
         self.collapse_ratio = collapse_ratio
         self.patience, self.min_steps, self.stop_on_collapse = patience, min_steps, stop_on_collapse
+        self.trivial_cos, self.trivial_checks, self.stop_on_trivial = trivial_cos, trivial_checks, stop_on_trivial
         self._bad = 0
+        self._early: list[float] = []  # the cosine at each of the first checks
         self.collapsed = False
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -213,6 +223,23 @@ class NepaHealthHook(Hook):
             update_final(runner.work_dir, status="collapsed", reason=reason, collapse_step=step)
             if self.stop_on_collapse:
                 runner.train_loop.stop_training = True
+        self._check_trivial(runner, step)
+
+    def _check_trivial(self, runner, step: int) -> None:
+        """After the first `trivial_checks` checks: all at the loss floor -> the run is trivial (see the class)."""
+        cos = runner.message_hub.log_scalars.get("train/cos")
+        if self.trivial_cos is None or cos is None or step > self.interval * self.trivial_checks:
+            return
+        self._early.append(float(cos.current()))
+        if len(self._early) < self.trivial_checks or min(self._early) < self.trivial_cos:
+            return
+        reason = (f"trivial: the model copies its input (cosine to the target {', '.join(f'{c:.3f}' for c in self._early)} "
+                  f"at the first {self.trivial_checks} checks, threshold {self.trivial_cos}: the loss sat at its floor "
+                  "from the start)")
+        print_log(f"[nepa] {reason}" + ("; stopping" if self.stop_on_trivial else ""), logger="current")
+        update_final(runner.work_dir, status="trivial", reason=reason, trivial_step=step)
+        if self.stop_on_trivial:
+            runner.train_loop.stop_training = True
 
 
 # ----------------------------------------------------------------------------------------------
