@@ -15,7 +15,17 @@ def test_paper_scale_writes_loadable_configs_and_torchrun_commands(tmp_path):
     assert cli_main(["ablate", "core", "--scale", "paper", "--work-dir", str(tmp_path)]) == 0
     root = tmp_path / "paper" / "core"
     cfg = Config.fromfile(str(root / "configs" / "no_stop_grad_pretrain.py"))  # _base_ resolves to the release config
-    assert cfg.model.stop_grad is False and cfg.model.shift is True and cfg.train_cfg.max_iters == 400000
+    assert cfg.model.stop_grad is False and cfg.model.shift is True
+    # the paper's "50k-step" core table: 50,000 updates of 4 accumulated micro-batches (the release's batch 4096)
+    assert cfg.train_cfg.max_iters == 200000 and cfg.optim_wrapper.accumulative_counts == 4
+    from nepa_eval.tasks.pretrain import apply_recipe
+
+    info = apply_recipe(cfg, world_size=8)
+    assert (info["updates"], info["micro_iterations"], info["effective_batch"]) == (50000, 200000, 4096)
+    masking = tmp_path / "m"
+    assert cli_main(["ablate", "masking", "--scale", "paper", "--work-dir", str(masking)]) == 0
+    m_cfg = Config.fromfile(str(next((masking / "paper" / "masking" / "configs").glob("*_pretrain.py"))))
+    assert apply_recipe(m_cfg, world_size=8)["updates"] == 100000  # the masking and architecture tables: 100k
     assert cfg.model.backbone.embed_dim == 768  # the rest comes from cls_configs/pretrain/nepa_b_release.py
     lines = [l for l in (root / "commands.sh").read_text().splitlines() if l.startswith("$TORCHRUN")]
     assert len(lines) == 8  # 4 rows x (pretrain, fine-tune)

@@ -6,7 +6,8 @@ _base_ = ['./_base_/default_runtime.py', './_base_/schedule_release.py', './_bas
 
 train_dataloader = dict(batch_size=128)
 optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16', accumulative_counts=4)
-# 1600 epochs of 1,281,167 images at 4096 per update, counted in micro-batches (x accumulation steps).
+# Budget: 1600 epochs of 1,281,167 images at 4096 per update = 500,455 updates = 2,001,820 micro-iterations
+# (x 4 accumulation steps; train_cfg counts micro-iterations). final_metrics.json records both.
 train_cfg = dict(max_iters=1600 * 1281167 // 4096 * 4)
 default_hooks = dict(checkpoint=dict(interval=5000, max_keep_ckpts=3), logger=dict(interval=50))
 custom_hooks = [

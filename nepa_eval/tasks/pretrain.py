@@ -114,7 +114,11 @@ def effective_batch(cfg: Any, world_size: Optional[int] = None) -> int:
 def apply_recipe(cfg: Any, world_size: Optional[int] = None) -> dict[str, Any]:
     """Resolve the recipe's derived values after --cfg-options: lr = base_lr x batch / 256 and the
     warm-up + cosine schedule as fractions of max_iters. Returns what was resolved (for the run record)."""
-    info: dict[str, Any] = {"effective_batch": effective_batch(cfg, world_size)}
+    accum = int(cfg.optim_wrapper.get("accumulative_counts", 1))
+    info: dict[str, Any] = {"effective_batch": effective_batch(cfg, world_size),
+                            # the budget both ways: the paper counts optimizer updates, the loop micro-iterations
+                            "micro_iterations": int(cfg.train_cfg.max_iters),
+                            "updates": int(cfg.train_cfg.max_iters) // accum}
     if cfg.get("base_lr") is not None:
         lr = float(cfg.base_lr) * info["effective_batch"] / float(cfg.get("base_batch_size", 256))
         cfg.optim_wrapper.optimizer.lr = lr
