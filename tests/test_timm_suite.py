@@ -44,7 +44,7 @@ def run_suite(models: list[str], tmp_path: Path, markers: str = "", timeout: int
     outcomes = {}
     for case in ET.parse(junit).iter("testcase"):
         test, _, params = case.get("name").partition("[")
-        model = next(p for p in params.rstrip("]").split("-") if p.startswith("nepa_")).split(".")[0]
+        model = next((p for p in params.rstrip("]").split("-") if p.startswith("nepa_")), "?").split(".")[0]
         kinds = {child.tag for child in case}
         outcomes[test, model] = ("failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds
                                  else "passed")
