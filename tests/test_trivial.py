@@ -24,7 +24,7 @@ def test_trivial_detector_fires_on_the_no_shift_copy_only(tmp_path, row, switch,
     if trivial:
         assert final["status"] == "trivial" and final["reason"].startswith("trivial: the model copies its input")
         assert final["trivial_step"] == 15 and final["steps"] == 15  # stopped at the third check, not at 20
-        assert min(early) >= 0.95
+        assert sum(early) / 3 >= 0.9
     else:
         assert final["status"] == "ok" and final["steps"] == 20 and "trivial_step" not in final
-        assert max(early) < 0.95
+        assert sum(early) / 3 < 0.9
