@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -153,6 +153,8 @@ class RawCheckpoint:
     hf_config: Optional[dict[str, Any]] = None
     nepa_config: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # what the caller named: a path or a hub id (for messages)
+    hub: Optional[Any] = None  # the hub.HubCheckpoint it resolved to, when it was a hub id
 
 
 _HELD: dict[tuple, RawCheckpoint] = {}
@@ -168,29 +170,58 @@ def _held_key(path: str | os.PathLike, ema: bool) -> tuple:
 
 def _copy(raw: RawCheckpoint) -> RawCheckpoint:
     """A RawCheckpoint whose dict and notes the caller may change (the tensors are shared, not copied)."""
-    return RawCheckpoint(dict(raw.state_dict), raw.fmt, raw.hf_config, raw.nepa_config, list(raw.notes))
+    return replace(raw, state_dict=dict(raw.state_dict), notes=list(raw.notes))
+
+
+def locate_checkpoint(path: str | os.PathLike, ema: bool = False) -> tuple[Path, Optional[Any]]:
+    """The local file or directory a checkpoint argument stands for, and the hub.HubCheckpoint when it was a
+    Hugging Face id (OWNER/NAME, hf-hub:OWNER/NAME, OWNER/NAME@REVISION) resolved to its cached snapshot.
+
+    A local path that exists always wins over an id of the same name; anything else is returned as given."""
+    p = Path(path)
+    if p.exists():
+        return p, None
+    from .hub import parse_hub_id, resolve  # huggingface_hub itself is imported only for a real id
+
+    ref = parse_hub_id(str(path))
+    if ref is None:
+        return p, None
+    found = resolve(ref, ema=ema)
+    return found.directory, found
 
 
 def hold_checkpoint(path: str | os.PathLike, ema: bool = False, raw: Optional[RawCheckpoint] = None) -> RawCheckpoint:
     """Read a checkpoint and keep it for the next `read_checkpoint` of the same file in this process, which takes
     it instead of reading the disk again: a task reads a file once to resolve the architecture it writes into
     the config, and the model mmengine later builds from that config loads the same tensors. `raw`: hold what
-    the caller already read."""
+    the caller already read. A hub id is held under its snapshot directory, so either name hands it over."""
     raw = raw if raw is not None else read_checkpoint(path, ema=ema)
-    _HELD[_held_key(path, ema)] = _copy(raw)
+    local = raw.hub.directory if raw.hub is not None else locate_checkpoint(path, ema)[0]
+    _HELD[_held_key(local, ema)] = _copy(raw)
     return raw
 
 
 def read_checkpoint(path: str | os.PathLike, ema: bool = False) -> RawCheckpoint:
-    """Read any supported file or directory into a RawCheckpoint (no model needed); a checkpoint held by
-    `hold_checkpoint` is handed over (once) instead of being read again."""
-    p = Path(path)
+    """Read any supported file or directory, or a Hugging Face id (see `locate_checkpoint`), into a
+    RawCheckpoint (no model needed); a checkpoint held by `hold_checkpoint` is handed over (once) instead of
+    being read again."""
+    p, hub = locate_checkpoint(path, ema)
     held = _HELD.pop(_held_key(p, ema), None) if p.exists() else None
     if held is not None:
         return held
     if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p} (check the path; a Hugging Face model must be a local "
-                              "directory holding config.json and model.safetensors)")
+        raise CheckpointError(f"checkpoint not found: {p} (check the path; a Hugging Face model is named OWNER/NAME, "
+                              "hf-hub:OWNER/NAME or OWNER/NAME@REVISION, or given as its local directory)")
+    raw = _read_local(p, ema)
+    raw.source = str(path)
+    if hub is not None:
+        raw.hub = hub
+        raw.notes.insert(0, hub.describe())
+    return raw
+
+
+def _read_local(p: Path, ema: bool) -> RawCheckpoint:
+    """Read one existing file or model directory."""
     if p.is_dir():
         return _read_hf_dir(p, ema)
     if p.stat().st_size == 0:
