@@ -220,6 +220,14 @@ def test_inspect_in_a_fresh_process_honours_hf_home_and_offline(release_repo, tm
     assert "HF_HUB_OFFLINE" in err
 
 
+def test_convert_an_id_to_our_format(release_repo, tmp_path):
+    _, pre_dir, _ = release_repo
+    out = tmp_path / "nepa_tiny.safetensors"
+    assert cli(["convert", f"hf-hub:{REPO}@init", str(out)]) == 0
+    converted = from_pretrained(out, verbose=False)
+    assert converted.causal and same_weights(converted, from_pretrained(pre_dir, verbose=False))
+
+
 def _tiny_folder(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

@@ -520,7 +520,6 @@ def identify_foreign(sd: dict[str, torch.Tensor], hf_config: Optional[dict[str, 
         return ("a BEiT state dict (timm beit_* / BEiT v2 / data2vec-vision)",
                 "relative position bias tables in the attention, q/v biases, LayerScale as gamma_1/gamma_2, no "
                 "QK-norm; NEPA's attention has 2D RoPE after a QK-norm")
-    pe = sd.get("pos_embed")
     mask = sd.get("mask_token")
     patch = sd.get("patch_embed.proj.weight")
     patch14_ls = _in_blocks(sd, "ls1.gamma") and patch is not None and patch.shape[-1] == 14
