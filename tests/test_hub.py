@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from backbones.nepa import CheckpointError, from_pretrained
 from backbones.nepa import checkpoint as door
 from backbones.nepa import hub
-from backbones.nepa.hub import HubRef, parse_hub_id
+from backbones.nepa.hub import HubError, HubRef, parse_hub_id
 from conftest import HAVE_FASHION, ROOT
 from nepa_eval.cli import main as cli
 
@@ -101,10 +101,12 @@ def test_parse_hub_id_forms():
     for spec in ("runs/ckpt.pth", "work_dirs/backbone.safetensors", "./o/n", "/abs/o/n", "a/b/c", "name", "o/n@",
                  "o/bad--name"):
         assert parse_hub_id(spec) is None, spec
-    with pytest.raises(CheckpointError, match="not a valid Hugging Face repository name"):
+    with pytest.raises(HubError, match="not a valid Hugging Face repository name"):
         parse_hub_id("hf-hub:o/bad--name")
-    with pytest.raises(CheckpointError, match="empty revision"):
+    with pytest.raises(HubError, match="empty revision"):
         parse_hub_id("hf-hub:o/n@")
+    with pytest.raises(CheckpointError, match="empty revision"):  # through the door: its own error
+        from_pretrained("hf-hub:o/n@", verbose=False)
 
 
 @pytest.mark.parametrize("form", ["{repo}", "hf-hub:{repo}", "{repo}@main", "{repo}@{commit}"])

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from .hub import HubCheckpoint, HubError, parse_hub_id, resolve as resolve_hub_id  # huggingface_hub: lazily
 from .model import NepaConfig, NepaViT
 
 logger = logging.getLogger("nepa")
@@ -154,7 +155,7 @@ class RawCheckpoint:
     nepa_config: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
     source: str = ""  # what the caller named: a path or a hub id (for messages)
-    hub: Optional[Any] = None  # the hub.HubCheckpoint it resolved to, when it was a hub id
+    hub: Optional[HubCheckpoint] = None  # what a Hugging Face id resolved to
 
 
 _HELD: dict[tuple, RawCheckpoint] = {}
@@ -173,20 +174,22 @@ def _copy(raw: RawCheckpoint) -> RawCheckpoint:
     return replace(raw, state_dict=dict(raw.state_dict), notes=list(raw.notes))
 
 
-def locate_checkpoint(path: str | os.PathLike, ema: bool = False) -> tuple[Path, Optional[Any]]:
-    """The local file or directory a checkpoint argument stands for, and the hub.HubCheckpoint when it was a
+def locate_checkpoint(path: str | os.PathLike, ema: bool = False) -> tuple[Path, Optional[HubCheckpoint]]:
+    """The local file or directory a checkpoint argument stands for, and the HubCheckpoint when it was a
     Hugging Face id (OWNER/NAME, hf-hub:OWNER/NAME, OWNER/NAME@REVISION) resolved to its cached snapshot.
 
     A local path that exists always wins over an id of the same name; anything else is returned as given."""
     p = Path(path)
     if p.exists():
         return p, None
-    from .hub import parse_hub_id, resolve  # huggingface_hub itself is imported only for a real id
-
-    ref = parse_hub_id(str(path))
-    if ref is None:
-        return p, None
-    found = resolve(ref, ema=ema)
+    try:
+        ref = parse_hub_id(str(path))
+        if ref is None:
+            return p, None
+        weights = (HF_EMA_FILE,) if ema else HF_WEIGHT_FILES
+        found = resolve_hub_id(ref, weights, hint="" if ema else f"pass --ema / ema=True for {HF_EMA_FILE}")
+    except HubError as e:
+        raise CheckpointError(str(e)) from None
     return found.directory, found
 
 

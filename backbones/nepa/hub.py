@@ -5,6 +5,8 @@ file only when asked), all from one commit, in huggingface_hub's cache: ``HF_HOM
 it is and ``HF_HUB_OFFLINE=1`` keeps it to the cache. The result is the snapshot directory
 (``models--OWNER--NAME/snapshots/<commit>/``), which the door then reads like any model directory. A local path
 of the same name always wins (the door looks there first). huggingface_hub is imported only when an id is used.
+This module imports nothing of the project: the door (checkpoint.py) calls it and turns a HubError into its
+CheckpointError.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import HF_EMA_FILE, HF_WEIGHT_FILES, CheckpointError
-
 HUB_PREFIX = "hf-hub:"
 HF_CONFIG_FILE = "config.json"
 # a name ending like this is a file someone meant to give, never a hub repository
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl", ".npz", ".json", ".tar", ".zip")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class HubError(RuntimeError):
+    """A Hugging Face id that cannot be used; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -62,18 +66,18 @@ def parse_hub_id(spec: str) -> Optional[HubRef]:
     repo, at, revision = s.partition("@")
     if at and not revision:
         if explicit:
-            raise CheckpointError(f"{spec}: empty revision after '@' (write OWNER/NAME@REVISION, e.g. @main)")
+            raise HubError(f"{spec}: empty revision after '@' (write OWNER/NAME@REVISION, e.g. @main)")
         return None
     if _ID.fullmatch(repo) is None and not (explicit and _NAME.fullmatch(repo)):
         if explicit:
-            raise CheckpointError(f"{spec}: not a Hugging Face model id (expected hf-hub:OWNER/NAME or "
+            raise HubError(f"{spec}: not a Hugging Face model id (expected hf-hub:OWNER/NAME or "
                                   "hf-hub:OWNER/NAME@REVISION; letters, digits, '-', '_' and '.')")
         return None
     if not explicit and repo.lower().endswith(FILE_SUFFIXES):
         return None
     if "--" in repo or ".." in repo or repo.endswith(".git"):
         if explicit:
-            raise CheckpointError(f"{spec}: not a valid Hugging Face repository name ('--', '..' and a '.git' "
+            raise HubError(f"{spec}: not a valid Hugging Face repository name ('--', '..' and a '.git' "
                                   "ending are not allowed)")
         return None
     return HubRef(repo, revision or None)
@@ -92,23 +96,23 @@ class _NotCached(Exception):
     """hf_hub_download found no copy in the cache and may not (offline) or cannot (no network) download one."""
 
 
-def resolve(ref: HubRef, ema: bool = False) -> HubCheckpoint:
+def resolve(ref: HubRef, weights: tuple[str, ...], hint: str = "") -> HubCheckpoint:
     """Bring the files the door needs for `ref` into the cache (or find them there) and return where they are.
 
-    Weights: the EMA file with `ema`, else the first of model.safetensors / pytorch_model.bin the repository has
-    (offline: the cache has); then config.json from the same commit. Resolved once per process for a cache, id
-    and EMA switch, so a task that reads the checkpoint twice (config, then model) asks the hub once.
+    Weights: the first of `weights` (in the door's order, e.g. model.safetensors, pytorch_model.bin; or the EMA
+    file) the repository has (offline: the cache has); then config.json from the same commit. `hint` ends the
+    error when the repository has none of them. Resolved once per process for a cache, id and file list, so a
+    task that reads the checkpoint twice (config, then model) asks the hub once.
     """
     try:
         from huggingface_hub import constants
     except ImportError as e:  # a dependency of timm, and of ours; absent only in a stripped install
-        raise CheckpointError(f"{ref}: a Hugging Face model id needs the huggingface_hub package "
+        raise HubError(f"{ref}: a Hugging Face model id needs the huggingface_hub package "
                               "(pip install huggingface_hub), or give a local directory") from e
-    key = (constants.HF_HUB_CACHE, ref, bool(ema))
+    key = (constants.HF_HUB_CACHE, ref, tuple(weights))
     hit = _RESOLVED.get(key)
     if hit is not None and all((hit.directory / f).is_file() for f in hit.files):
         return hit
-    weights = (HF_EMA_FILE,) if ema else HF_WEIGHT_FILES
     path, not_cached = None, []
     for name in weights:  # the first the repository has, as the door reads a directory
         try:
@@ -121,9 +125,8 @@ def resolve(ref: HubRef, ema: bool = False) -> HubCheckpoint:
     if path is None and not_cached:
         raise _not_cached_error(ref, not_cached[0], (HF_CONFIG_FILE, not_cached[0]))
     if path is None:
-        hint = "" if ema else f" (pass --ema / ema=True for {HF_EMA_FILE})"
-        raise CheckpointError(f"{ref}: the Hugging Face repository has none of the weight files "
-                              f"{', '.join(weights)}{hint}")
+        raise HubError(f"{ref}: the Hugging Face repository has none of the weight files {', '.join(weights)}"
+                       + (f" ({hint})" if hint else ""))
     directory, commit = path.parent, path.parent.name
     files = [path.name]
     # config.json from the same commit; a repository may lack it (our own .safetensors carry their config)
@@ -144,7 +147,7 @@ def resolve(ref: HubRef, ema: bool = False) -> HubCheckpoint:
     return found
 
 
-def _not_cached_error(ref: HubRef, filename: str, needed: tuple[str, ...]) -> CheckpointError:
+def _not_cached_error(ref: HubRef, filename: str, needed: tuple[str, ...]) -> HubError:
     """What to do when `filename` of `ref` is neither in the cache nor downloadable now."""
     from huggingface_hub import constants
 
@@ -155,13 +158,13 @@ def _not_cached_error(ref: HubRef, filename: str, needed: tuple[str, ...]) -> Ch
     else:
         why = f"is not in the Hugging Face cache ({where}) and the hub cannot be reached"
         fix = f"check the connection, or fetch it where there is one: {fetch_command(ref, needed)}"
-    return CheckpointError(f"{ref}: {filename} {why}; {fix}. HF_HOME / HF_HUB_CACHE choose the cache; a local "
+    return HubError(f"{ref}: {filename} {why}; {fix}. HF_HOME / HF_HUB_CACHE choose the cache; a local "
                            "model directory works too.")
 
 
 def _download(ref: HubRef, filename: str, revision: Optional[str]) -> Optional[Path]:
     """One file through hf_hub_download (the cache first); None when the repository does not have it, _NotCached
-    when there is no copy to be had now, a CheckpointError naming the fix for everything else."""
+    when there is no copy to be had now, a HubError naming the fix for everything else."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
@@ -173,19 +176,19 @@ def _download(ref: HubRef, filename: str, revision: Optional[str]) -> Optional[P
     except LocalEntryNotFoundError:
         raise _NotCached(filename) from None
     except GatedRepoError as e:
-        raise CheckpointError(f"{ref}: a gated Hugging Face repository: accept its terms on huggingface.co and log "
+        raise HubError(f"{ref}: a gated Hugging Face repository: accept its terms on huggingface.co and log "
                               f"in (hf auth login), or give a local directory ({_first_line(e)})") from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"{ref}: no local file or directory of that name, and no Hugging Face model "
+        raise HubError(f"{ref}: no local file or directory of that name, and no Hugging Face model "
                               f"{ref.repo_id} you can access (a typo? a private repository needs hf auth login)"
                               ) from None
     except RevisionNotFoundError:
-        raise CheckpointError(f"{ref}: the Hugging Face repository {ref.repo_id} has no revision "
+        raise HubError(f"{ref}: the Hugging Face repository {ref.repo_id} has no revision "
                               f"{ref.revision!r} (a branch, tag or commit)") from None
     except HfHubHTTPError as e:
-        raise CheckpointError(f"{ref}: the Hugging Face hub refused {filename}: {_first_line(e)}") from None
+        raise HubError(f"{ref}: the Hugging Face hub refused {filename}: {_first_line(e)}") from None
     except OSError as e:  # a full disk, a read-only cache...
-        raise CheckpointError(f"{ref}: cannot store {filename} in the Hugging Face cache ({e})") from None
+        raise HubError(f"{ref}: cannot store {filename} in the Hugging Face cache ({e})") from None
 
 
 def _first_line(e: BaseException) -> str:
