@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
+from .hub import HubCheckpoint, HubError, parse_hub_id, resolve as resolve_hub_id  # huggingface_hub: lazily
 from .model import NepaConfig, NepaViT
 
 logger = logging.getLogger("nepa")
@@ -153,6 +154,8 @@ class RawCheckpoint:
     hf_config: Optional[dict[str, Any]] = None
     nepa_config: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # what the caller named: a path or a hub id (for messages)
+    hub: Optional[HubCheckpoint] = None  # what a Hugging Face id resolved to
 
 
 _HELD: dict[tuple, RawCheckpoint] = {}
@@ -168,29 +171,60 @@ def _held_key(path: str | os.PathLike, ema: bool) -> tuple:
 
 def _copy(raw: RawCheckpoint) -> RawCheckpoint:
     """A RawCheckpoint whose dict and notes the caller may change (the tensors are shared, not copied)."""
-    return RawCheckpoint(dict(raw.state_dict), raw.fmt, raw.hf_config, raw.nepa_config, list(raw.notes))
+    return replace(raw, state_dict=dict(raw.state_dict), notes=list(raw.notes))
+
+
+def locate_checkpoint(path: str | os.PathLike, ema: bool = False) -> tuple[Path, Optional[HubCheckpoint]]:
+    """The local file or directory a checkpoint argument stands for, and the HubCheckpoint when it was a
+    Hugging Face id (OWNER/NAME, hf-hub:OWNER/NAME, OWNER/NAME@REVISION) resolved to its cached snapshot.
+
+    A local path that exists always wins over an id of the same name; anything else is returned as given."""
+    p = Path(path)
+    if p.exists():
+        return p, None
+    try:
+        ref = parse_hub_id(str(path))
+        if ref is None:
+            return p, None
+        weights = (HF_EMA_FILE,) if ema else HF_WEIGHT_FILES
+        found = resolve_hub_id(ref, weights, hint="" if ema else f"pass --ema / ema=True for {HF_EMA_FILE}")
+    except HubError as e:
+        raise CheckpointError(str(e)) from None
+    return found.directory, found
 
 
 def hold_checkpoint(path: str | os.PathLike, ema: bool = False, raw: Optional[RawCheckpoint] = None) -> RawCheckpoint:
     """Read a checkpoint and keep it for the next `read_checkpoint` of the same file in this process, which takes
     it instead of reading the disk again: a task reads a file once to resolve the architecture it writes into
     the config, and the model mmengine later builds from that config loads the same tensors. `raw`: hold what
-    the caller already read."""
+    the caller already read. A hub id is held under its snapshot directory, so either name hands it over."""
     raw = raw if raw is not None else read_checkpoint(path, ema=ema)
-    _HELD[_held_key(path, ema)] = _copy(raw)
+    local = raw.hub.directory if raw.hub is not None else locate_checkpoint(path, ema)[0]
+    _HELD[_held_key(local, ema)] = _copy(raw)
     return raw
 
 
 def read_checkpoint(path: str | os.PathLike, ema: bool = False) -> RawCheckpoint:
-    """Read any supported file or directory into a RawCheckpoint (no model needed); a checkpoint held by
-    `hold_checkpoint` is handed over (once) instead of being read again."""
-    p = Path(path)
+    """Read any supported file or directory, or a Hugging Face id (see `locate_checkpoint`), into a
+    RawCheckpoint (no model needed); a checkpoint held by `hold_checkpoint` is handed over (once) instead of
+    being read again."""
+    p, hub = locate_checkpoint(path, ema)
     held = _HELD.pop(_held_key(p, ema), None) if p.exists() else None
     if held is not None:
         return held
     if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p} (check the path; a Hugging Face model must be a local "
-                              "directory holding config.json and model.safetensors)")
+        raise CheckpointError(f"checkpoint not found: {p} (check the path; a Hugging Face model is named OWNER/NAME, "
+                              "hf-hub:OWNER/NAME or OWNER/NAME@REVISION, or given as its local directory)")
+    raw = _read_local(p, ema)
+    raw.source = str(path)
+    if hub is not None:
+        raw.hub = hub
+        raw.notes.insert(0, hub.describe())
+    return raw
+
+
+def _read_local(p: Path, ema: bool) -> RawCheckpoint:
+    """Read one existing file or model directory."""
     if p.is_dir():
         return _read_hf_dir(p, ema)
     if p.stat().st_size == 0:
@@ -424,16 +458,131 @@ def infer_config(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# foreign checkpoints: named for what they are
+# ----------------------------------------------------------------------------------------------
+NEPA_SOURCES = ("NEPA checkpoints come from nepa-eval pretrain / cls runs (or nepa-eval convert of one) and from "
+                "the public release (SixAILab/nepa-base-patch14-224, SixAILab/nepa-large-patch14-224, their -sft "
+                "variants)")
+NEPA_MODEL_TYPE = "vit_nepa"  # config.json model_type of the release
+
+
+def _in_blocks(sd: dict[str, torch.Tensor], name: str) -> bool:
+    """Whether some transformer block holds parameter `name` (e.g. 'attn.q_bias'); chunked blocks too."""
+    return any(k.startswith("blocks.") and k.endswith("." + name) for k in sd)
+
+
+def _is_square(n: int) -> bool:
+    r = int(round(n ** 0.5))
+    return r * r == n
+
+
+def _class_position(sd: dict[str, torch.Tensor]) -> Optional[str]:
+    """'pos_embed (1, 197, 192)' when the learned positions include the prefix tokens (class, registers), as in
+    timm's ViTs; NEPA's optional learned positions cover the patch grid only, (1, N, D) with N a square."""
+    pe = sd.get("pos_embed")
+    if pe is None or pe.ndim != 3 or _is_square(pe.shape[1]):
+        return None
+    prefix = ("cls_token" in sd) + ("dist_token" in sd)
+    return f"pos_embed {tuple(pe.shape)}" if prefix and _is_square(pe.shape[1] - prefix) else None
+
+
+def _traits(sd: dict[str, torch.Tensor]) -> list[str]:
+    """What the blocks have and NEPA's do not, or lack and NEPA's have."""
+    out = []
+    pos = _class_position(sd)
+    if pos:
+        out.append(f"learned absolute positions that include the class token ({pos})")
+    if not _in_blocks(sd, "attn.q_norm.weight"):
+        out.append("no QK-norm")
+    if not (_in_blocks(sd, "ls1.gamma") or _in_blocks(sd, "gamma_1")):
+        out.append("no LayerScale")
+    return out
+
+
+def identify_foreign(sd: dict[str, torch.Tensor], hf_config: Optional[dict[str, Any]] = None
+                     ) -> Optional[tuple[str, str]]:
+    """(what it is, why it is not NEPA) for a state dict (prefixes stripped) of another model family, else None.
+
+    Recognised by key patterns and shapes: an MAE pretraining checkpoint (decoder_*), BEiT (relative position
+    bias tables), DINOv2 (register tokens, a 2-D mask token, or LayerScale + class-token positions at patch 14),
+    EVA / EVA02 (q_bias/v_bias, q_proj/k_proj/v_proj, fc1_g/fc1_x, gamma_1, rope.*), DeiT distilled (dist_token)
+    and timm ViT / DeiT (learned positions over the class token), and a Hugging Face transformers model of
+    another type. A genuine NEPA checkpoint has none of these.
+    """
+    model_type = (hf_config or {}).get("model_type")
+    hf_keys = [k for k in sd if k.endswith("embeddings.patch_embeddings.projection.weight") and not k.startswith(HF_PREFIX)]
+    if (model_type and model_type != NEPA_MODEL_TYPE) or hf_keys:
+        name = model_type or hf_keys[0][:hf_keys[0].index("embeddings.")].rstrip(".") or "vision"
+        return (f"a Hugging Face transformers {name!r} model (" + (f"config.json model_type {model_type!r}"
+                if model_type else f"keys like {hf_keys[0]}") + ")",
+                f"not the release's ViTNepa (model_type {NEPA_MODEL_TYPE!r}, keys vit_nepa.*)")
+    if any(k.startswith(("decoder_embed", "decoder_blocks", "decoder_pred", "decoder_pos_embed")) for k in sd):
+        return ("an MAE pretraining checkpoint (encoder + decoder_embed / decoder_blocks / decoder_pred)",
+                ", ".join(["a masked-autoencoder ViT with its pixel decoder", *_traits(sd)]))
+    if any("relative_position_bias_table" in k for k in sd):
+        return ("a BEiT state dict (timm beit_* / BEiT v2 / data2vec-vision)",
+                "relative position bias tables in the attention, q/v biases, LayerScale as gamma_1/gamma_2, no "
+                "QK-norm; NEPA's attention has 2D RoPE after a QK-norm")
+    mask = sd.get("mask_token")
+    patch = sd.get("patch_embed.proj.weight")
+    patch14_ls = _in_blocks(sd, "ls1.gamma") and patch is not None and patch.shape[-1] == 14
+    dino = [e for e, hit in (
+        ("register tokens", "register_tokens" in sd or (patch14_ls and "reg_token" in sd)),
+        (f"a mask token {tuple(mask.shape) if mask is not None else ''}", mask is not None and mask.ndim == 2),
+        ("LayerScale with class-token positions at patch 14", patch14_ls and _class_position(sd) is not None)) if hit]
+    if dino:
+        return ("a DINOv2 state dict (timm vit_*_dinov2 or the facebookresearch release: " + ", ".join(dino) + ")",
+                ", ".join(["a self-distillation ViT", *_traits(sd)]))
+    eva = [e for e, hit in (
+        ("separate q_proj/k_proj/v_proj", _in_blocks(sd, "attn.q_proj.weight") and _in_blocks(sd, "attn.k_proj.weight")),
+        ("q_bias/v_bias", _in_blocks(sd, "attn.q_bias") and _in_blocks(sd, "attn.v_bias")),
+        ("a SwiGLU MLP as fc1_g/fc1_x", _in_blocks(sd, "mlp.fc1_g.weight")),
+        ("a SwiGLU MLP as w1/w2/w3", _in_blocks(sd, "mlp.w1.weight") and _in_blocks(sd, "mlp.w3.weight")),
+        ("LayerScale as gamma_1/gamma_2", _in_blocks(sd, "gamma_1")),
+        ("rope buffers", any(k.startswith("rope.") for k in sd))) if hit]
+    if eva:
+        return ("an EVA / EVA02 state dict (timm eva02_* / eva_* / vit_*_rope_*, or the BAAI release: "
+                + ", ".join(eva) + ")",
+                ", ".join(["EVA's own attention and MLP layout", *_traits(sd)]))
+    if "dist_token" in sd:
+        return ("a timm DeiT distilled state dict (deit_*_distilled: dist_token, head_dist)",
+                ", ".join(["a second (distillation) token and head", *_traits(sd)]))
+    if _class_position(sd) is not None or "reg_token" in sd:
+        return ("a timm ViT / DeiT state dict (vit_*, deit_*, or another ViT with a learned class-token position)",
+                ", ".join(_traits(sd) or ["timm's ViT layout"]))
+    if "head.weight" in sd and "fc_norm.weight" not in sd and "norm.weight" in sd and _in_blocks(sd, "attn.qkv.weight"):
+        # every NEPA classifier pools through fc_norm; timm's class-token classifiers (DeiT III, ViT) have none
+        return ("a timm ViT / DeiT III classifier (vit_*, deit3_*: a class-token head without fc_norm)",
+                ", ".join(["timm's class-token pooling", *_traits(sd)]))
+    return None
+
+
+def refuse_foreign(raw: RawCheckpoint, sd: dict[str, torch.Tensor]) -> None:
+    """Raise a CheckpointError naming the family when `sd` is another model's; checkpoints that say they are
+    NEPA (our metadata, the release's config.json) are trusted."""
+    if raw.nepa_config is not None or (raw.hf_config or {}).get("model_type") == NEPA_MODEL_TYPE:
+        return
+    found = identify_foreign(sd, raw.hf_config)
+    if found is not None:
+        what, why = found
+        raise CheckpointError(f"{raw.source or 'state dict'}: {what}: {why}: not a NEPA backbone. {NEPA_SOURCES}. "
+                              "Load this one with its own model (timm.create_model of its family, or mmseg's "
+                              "config for it).")
+
+
+# ----------------------------------------------------------------------------------------------
 # the door
 # ----------------------------------------------------------------------------------------------
 def to_nepa_state_dict(raw: RawCheckpoint) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Our key names and notes on what was changed, for any RawCheckpoint."""
+    """Our key names and notes on what was changed, for any RawCheckpoint; another model family's state dict
+    (timm ViT, EVA, DINOv2, BEiT, MAE, ...) is a CheckpointError that names it."""
     notes = list(raw.notes)
     sd, stripped = strip_prefixes(raw.state_dict)
     if stripped:
         notes.append(f"stripped prefixes {stripped}")
     if any(k.startswith(HF_PREFIX) for k in sd):
         sd = convert_hf_state_dict(sd)
+    refuse_foreign(raw, sd)
     return sd, notes
 
 
@@ -452,6 +601,9 @@ def resolve_config(raw: RawCheckpoint, sd: dict[str, torch.Tensor], notes: list[
     else:
         cfg = infer_config(sd)
         notes.append("architecture inferred from tensor shapes")
+        if "pos_embed" in sd and not any(k.endswith("q_norm.weight") for k in sd):
+            notes.append("no NEPA metadata, learned positions and no QK-norm weights: RoPE assumed on top; a timm "
+                         "DeiT III / ViT backbone (no_embed_class) has this same layout and is not a NEPA backbone")
     return cfg
 
 

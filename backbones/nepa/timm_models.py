@@ -50,8 +50,12 @@ default_cfgs = generate_default_cfgs({
 
 def _create_nepa(variant: str, size: str, patch_size: int, pretrained: bool = False, **kwargs: Any) -> NepaViT:
     overlay = kwargs.get("pretrained_cfg_overlay")
-    if overlay and overlay.get("file"):  # a local file of any format: load it through our door
-        kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": overlay.get("custom_load", True)}
+    if overlay and (overlay.get("file") or overlay.get("hf_hub_id")):
+        # a local file of any format, or a Hugging Face id (OWNER/NAME[@REVISION], also as file=...): loaded
+        # through our door, which resolves ids in huggingface_hub's cache; timm's own hub loader would skip the
+        # release's config.json and EMA file
+        file = overlay.get("file") or overlay["hf_hub_id"]
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "file": file, "custom_load": overlay.get("custom_load", True)}
     out_indices = kwargs.pop("out_indices", 3)
     # any input size, as the cfg's fixed_input_size=False says: pad to a multiple of the patch (timm's dynamic_img_pad)
     model_args = dict(SIZES[size], patch_size=patch_size, causal=kwargs.pop("causal", False), pad_to_patch=True)

@@ -16,7 +16,7 @@ def _query(text: str) -> tuple[int, int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `nepa-eval analyze`."""
     p.add_argument("--ckpt", required=True, help="any checkpoint the weight door reads (HF dir, .safetensors, "
-                                                 ".pth, run checkpoint)")
+                                                 ".pth, run checkpoint, or a Hugging Face id OWNER/NAME[@REVISION])")
     p.add_argument("--images", required=True, help="an image file or a folder of images")
     p.add_argument("--out", default="reports/out/analyze", help="output folder [%(default)s]")
     p.add_argument("--size", type=int, default=None, help="input size (default: the model's img_size), rounded "

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from nepa_eval.engine import add_runner_args
 
     p.add_argument("--ckpt", help="NEPA checkpoint (any format the weight door accepts: our runs, mmengine, the "
-                                  "release's HF directories, .safetensors); 'none' = random initialisation")
+                                  "release's HF directories, .safetensors, or a Hugging Face id OWNER/NAME, "
+                                  "hf-hub:OWNER/NAME, OWNER/NAME@REVISION); 'none' = random initialisation")
     p.add_argument("--protocol", choices=["finetune", "linear", "knn"], default=None,
                    help="finetune (default), linear probe or k-NN; picks the default config when --config is absent")
     p.add_argument("--data", help="dataset: an ImageFolder root (train/ and val/), a Hugging Face dataset saved "

@@ -5,7 +5,8 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="checkpoint: HF model directory, .safetensors, .pth/.bin, mmengine or our own")
+    p.add_argument("src", help="checkpoint: HF model directory, .safetensors, .pth/.bin, mmengine or our own, or a "
+                               "Hugging Face model id (OWNER/NAME, hf-hub:OWNER/NAME, OWNER/NAME@REVISION)")
     p.add_argument("dst", help="output file; .safetensors (config in the metadata) or .pth")
     p.add_argument("--ema", action="store_true", help="take the EMA weights where the checkpoint has both")
     p.add_argument("--fold-layerscale", action="store_true",

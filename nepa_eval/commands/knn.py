@@ -10,7 +10,7 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="any checkpoint the weight door accepts (run checkpoint, "
-                   "backbone.safetensors, the release's HF directory, ...)")
+                   "backbone.safetensors, the release's HF directory, a Hugging Face id OWNER/NAME[@REVISION], ...)")
     p.add_argument("--data", default="fashion_mnist",
                    help="fashion_mnist, folder:ROOT (ROOT/<split>/<class>/*) or hf:ROOT (save_to_disk)")
     p.add_argument("--train-split", default="train")

@@ -14,7 +14,8 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from nepa_eval.engine import add_runner_args
 
-    p.add_argument("--ckpt", help="NEPA checkpoint in any format the weight door reads (pretrained backbone), or a "
+    p.add_argument("--ckpt", help="NEPA checkpoint in any format the weight door reads (pretrained backbone; also a "
+                                  "Hugging Face id OWNER/NAME, hf-hub:OWNER/NAME, OWNER/NAME@REVISION), or a "
                                   "trained segmentor checkpoint; 'none' or omitted: random initialisation")
     add_runner_args(p)
     p.add_argument("--data-root", help="dataset folder in the ADE20K layout: ADEChallengeData2016/{images,annotations}"

@@ -19,7 +19,8 @@ from mmengine.config import Config
 from mmseg.registry import DATASETS
 
 from backbones.nepa import CheckpointError
-from backbones.nepa.checkpoint import hold_checkpoint, read_checkpoint, resolve_config, to_nepa_state_dict
+from backbones.nepa.checkpoint import (hold_checkpoint, locate_checkpoint, read_checkpoint, resolve_config,
+                                       to_nepa_state_dict)
 from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
 from nepa_eval.timing import sync, time_fn
 from nepa_eval.data import DataError
@@ -135,12 +136,15 @@ def build_cfg(args: argparse.Namespace) -> Config:
         check_arch(bb.get("arch", "base"), info["arch"], ckpt)
         # the whole architecture goes into the config, so the run directory's config.py rebuilds the model alone
         bb.arch = {k: v for k, v in info["arch"].items() if k not in SEG_FIELDS}
-        run.update(ckpt=str(Path(ckpt).resolve()), ckpt_format=info["fmt"], arch=info["size"] or "custom")
+        local, hub = locate_checkpoint(ckpt)  # a hub id: its snapshot in the cache, already resolved above
+        run.update(ckpt=str(local.resolve()), ckpt_format=info["fmt"], arch=info["size"] or "custom")
+        if hub is not None:
+            run.update(ckpt_hub=str(hub.ref), ckpt_commit=hub.commit)
         if info["segmentor"]:
-            segmentor_ckpt = ckpt
+            segmentor_ckpt = str(local.resolve())
             bb.init_cfg = None
         else:
-            bb.init_cfg = dict(type="Pretrained", checkpoint=str(Path(ckpt).resolve()))
+            bb.init_cfg = dict(type="Pretrained", checkpoint=str(local.resolve()))
             bb.pop("pretrained", None)
     else:
         run.update(ckpt=None, arch="random init")
