@@ -24,12 +24,23 @@ def project_modules(root: Path = ROOT) -> dict[str, Path]:
     return mods
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The project modules that `name` imports anywhere in its file (a package's __init__ for `from pkg import x`
-    when x is not a submodule)."""
+    when x is not a submodule). Imports under ``if TYPE_CHECKING:`` never run, so they are not edges."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                 for stmt in node.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -130,6 +141,10 @@ def test_cycle_finder_reports_a_cycle_and_passes_a_tree(tmp_path):
     (pkg / "data" / "errors.py").write_text("def h():\n    from ..data.a import f\n")  # now errors -> a -> errors
     cycles = find_cycles(import_graph(tmp_path))
     assert cycles == [["nepa_eval.data.a", "nepa_eval.data.errors", "nepa_eval.data.a"]]
+    # an import for type names only never runs: not an edge
+    (pkg / "data" / "errors.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                            "    from ..data.a import f\n")
+    assert find_cycles(import_graph(tmp_path)) == []
 
 
 def test_data_package_is_in_no_cycle():

@@ -21,7 +21,10 @@ import torch
 import torch.nn as nn
 
 from .hub import HubCheckpoint, HubError, parse_hub_id, resolve as resolve_hub_id  # huggingface_hub: lazily
-from .model import NepaConfig, NepaViT
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type names only: the model file imports the door, never the other way round
+    from .model import NepaViT
 
 logger = logging.getLogger("nepa")
 
@@ -677,33 +680,6 @@ def load_state_dict_into(model: NepaViT, sd: dict[str, torch.Tensor], path: str,
     return report
 
 
-
-
-def from_pretrained(path: str | os.PathLike, ema: bool = False, num_classes: Optional[int] = None,
-                    strict: bool = True, verbose: bool = True, **overrides: Any) -> NepaViT:
-    """Build the NEPA model a checkpoint describes and load it; eval mode, trained attention mode.
-
-    `num_classes` replaces the head (0 drops it); `overrides` change any NepaConfig field (for
-    example ``causal=False`` or ``drop_path_rate=0.1``). The LoadReport is kept on
-    ``model.load_report``.
-    """
-    raw = read_checkpoint(path, ema=ema)
-    sd, notes = to_nepa_state_dict(raw)
-    cfg = resolve_config(raw, sd, notes)
-    if num_classes is not None:
-        cfg["num_classes"] = num_classes
-    try:
-        model = NepaViT(NepaConfig.from_dict(cfg, **overrides))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build the model it describes: {e}") from e
-    allow_head = num_classes is not None or cfg.get("num_classes", 0) == 0
-    report = load_state_dict_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head=allow_head)
-    if num_classes is not None and num_classes != (sd["head.weight"].shape[0] if "head.weight" in sd else 0):
-        report.notes.append(f"classifier head replaced for {num_classes} classes")
-    model.load_report = report
-    if verbose:
-        print(f"[nepa] {report}")
-    return model.eval()
 
 
 def save_checkpoint(model: NepaViT, path: str | os.PathLike, extra: Optional[dict[str, Any]] = None) -> Path:

@@ -342,10 +342,40 @@ class NepaViT(nn.Module):
                         allow_new_head: bool = True) -> "LoadReport":
         """Load any checkpoint the weight door reads (timm's custom_load calls this); the report is kept on
         ``self.load_report``. Raises CheckpointError on any real mismatch (see ``checkpoint.load_weights``)."""
-        from .checkpoint import load_weights  # imported here: the weight door imports this module
+        from .checkpoint import load_weights  # imported here: the model file needs the door only to load
 
         self.load_report = load_weights(self, path, strict=strict, ema=ema, allow_new_head=allow_new_head)
         return self.load_report
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, ema: bool = False, num_classes: Optional[int] = None,
+                        strict: bool = True, verbose: bool = True, **overrides: Any) -> "NepaViT":
+        """Build the NEPA model a checkpoint describes and load it; eval mode, trained attention mode.
+
+        `path`: any format the weight door reads (a file, a model directory, a Hugging Face id). `num_classes`
+        replaces the head (0 drops it); `overrides` change any NepaConfig field (for example ``causal=False``
+        or ``drop_path_rate=0.1``). The LoadReport is kept on ``model.load_report``.
+        """
+        from .checkpoint import (CheckpointError, load_state_dict_into, read_checkpoint, resolve_config,
+                                 to_nepa_state_dict)
+
+        raw = read_checkpoint(path, ema=ema)
+        sd, notes = to_nepa_state_dict(raw)
+        arch = resolve_config(raw, sd, notes)
+        if num_classes is not None:
+            arch["num_classes"] = num_classes
+        try:
+            model = cls(NepaConfig.from_dict(arch, **overrides))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot build the model it describes: {e}") from e
+        allow_head = num_classes is not None or arch.get("num_classes", 0) == 0
+        report = load_state_dict_into(model, sd, str(path), raw.fmt, notes, strict, allow_new_head=allow_head)
+        if num_classes is not None and num_classes != (sd["head.weight"].shape[0] if "head.weight" in sd else 0):
+            report.notes.append(f"classifier head replaced for {num_classes} classes")
+        model.load_report = report
+        if verbose:
+            print(f"[nepa] {report}")
+        return model.eval()
 
     # -- pieces used by the pretraining objective and the dense adapters ---------------------------
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
