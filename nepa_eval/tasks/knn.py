@@ -10,31 +10,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mmengine.config import Config
 
 KNN_DEFAULTS = dict(k=20, temperature=0.07, pool="avg", blocks=[], batch_size=256)
 
 
-def data_spec(data: str, split: str, limit: Optional[int]) -> dict[str, Any]:
-    """ImageDataset arguments for a `nepa-eval knn --data` value: fashion_mnist, folder:ROOT or hf:ROOT."""
-    source, _, root = data.partition(":")
-    if source not in ("fashion_mnist", "folder", "hf"):
-        raise ValueError(f"--data must be fashion_mnist, folder:ROOT or hf:ROOT, not {data!r}")
-    if source != "fashion_mnist" and not root:
-        raise ValueError(f"--data {source}: give the root, e.g. {source}:/path/to/data")
-    return dict(source=source, root=root or None, split=split, limit=limit)
-
-
 def build_cfg(args: Any) -> Config:
-    """The k-NN config of `nepa-eval knn` arguments (the input size defaults to the checkpoint's, at run time)."""
+    """The k-NN config of `nepa-eval knn` arguments (the input size defaults to the checkpoint's, at run time);
+    --data resolved by `nepa_eval.data.resolve` (fashion_mnist, folder:ROOT and hf:ROOT as before)."""
+    from nepa_eval.data.resolve import resolve_data
+
     tf = dict(kind="resize", img_size=args.img_size) if args.img_size else None
+    spec = resolve_data(args.data, labelled=True)
     return Config(dict(
         task="knn", ckpt=str(args.ckpt), ema=bool(args.ema), random_init=bool(args.random_init), seed=args.seed,
         device=args.device, data=args.data, json=args.json, work_dir=None, backbone={},
-        train_data=dict(data_spec(args.data, args.train_split, args.train_limit), transform=tf),
-        test_data=dict(data_spec(args.data, args.test_split, args.test_limit), transform=tf),
+        train_data=spec.dataset(args.train_split, limit=args.train_limit, transform=tf),
+        test_data=spec.dataset(args.test_split, limit=args.test_limit, transform=tf),
         knn=dict(KNN_DEFAULTS, k=args.k, temperature=args.temperature, pool=args.pool, blocks=list(args.block),
                  batch_size=args.batch_size)))
 
@@ -79,6 +73,6 @@ def run(cfg: Config) -> int:
                      train_images=n_train, val_images=n_test)
     if cfg.get("json"):
         out = dict(res, ckpt=str(cfg.ckpt), weights=weights, k=knn["k"], temperature=knn["temperature"],
-                   data=cfg.get("data"))
+                   data=cfg.get("data"), train_images=n_train, test_images=n_test)
         Path(cfg.json).write_text(json.dumps(out, indent=2))
     return 0
