@@ -268,6 +268,7 @@ def test_pretrain_on_a_hub_name_and_cls_on_a_repo_copy(hub_runs):
     assert "source='hub'" in cfg_text and "split='validation'" in cfg_text and "label_key=None" in cfg_text
     cls = json.loads((paths["t"] / "cls_repo" / "final_metrics.json").read_text())
     assert cls["status"] == "ok" and (cls["train_images"], cls["val_images"]) == (6, 3)
+    assert cls["bad_files"] == dict(count=0, files=[], limit=100)
 
 
 # ----------------------------------------------------------------------------------------------

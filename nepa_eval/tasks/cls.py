@@ -429,6 +429,10 @@ def run(cfg: Any) -> int:
     if cfg.protocol == "knn":
         from nepa_eval.tasks import knn
 
+        if cfg.get("check_data"):
+            from nepa_eval.engine import stop_on_bad_data
+
+            stop_on_bad_data(cfg)
         return knn.run(knn_cfg(cfg))
     base = dict(task="cls", protocol=cfg.protocol, ckpt=cfg.model.ckpt or "random-init")
     if cfg.protocol != "eval-only":

@@ -40,6 +40,8 @@ def run(cfg: Config) -> int:
 
     from backbones.nepa import NepaViT, from_pretrained
     from nepa_eval.bench import device_of
+    from nepa_eval.data.bad_files import (LOG_NAME, bad_file_limit, read_records, start_collecting,
+                                          stop_collecting, summary)
     from nepa_eval.engine import update_final
     from nepa_eval.knn import knn_eval
 
@@ -60,17 +62,28 @@ def run(cfg: Config) -> int:
     model.eval().to(dev)
     size_tf = dict(kind="resize", img_size=model.cfg.img_size)
     train, test = ({**d, "transform": d.get("transform") or size_tf} for d in (cfg.train_data, cfg.test_data))
-    res = knn_eval(model, train, test, k=knn["k"], temperature=knn["temperature"], batch_size=knn["batch_size"],
-                   pool=knn["pool"], device=dev, layers=[None, *knn["blocks"]], num_classes=cfg.get("num_classes"),
-                   with_counts=True)
+    log = wd / LOG_NAME if wd is not None else None
+    previous = start_collecting(log) if log is not None else None
+    if log is not None:
+        log.unlink(missing_ok=True)
+    try:
+        res = knn_eval(model, train, test, k=knn["k"], temperature=knn["temperature"], batch_size=knn["batch_size"],
+                       pool=knn["pool"], device=dev, layers=[None, *knn["blocks"]],
+                       num_classes=cfg.get("num_classes"), with_counts=True)
+    finally:
+        if log is not None:
+            stop_collecting(previous)
     n_train, n_test = res.pop("train_images"), res.pop("test_images")
     weights = "random init" if cfg.random_init else ("ema" if cfg.ema else "raw")
     blocks = "".join(f", block {b} top-1 {res[f'knn_top1_block{b}']:.2f}%" for b in knn["blocks"])
     print(f"k-NN top-1 {res['knn_top1']:.2f}%" + (f", top-5 {res['knn_top5']:.2f}%" if "knn_top5" in res else "")
           + f"{blocks} ({weights}, {cfg.ckpt}, k={knn['k']}, T={knn['temperature']})")
     if wd is not None:
+        bad = summary(read_records(log)[0], bad_file_limit(n_train + n_test))
+        for r in bad["files"]:
+            print(f"[nepa] bad file skipped: {r['file']}: {r['reason']}")
         update_final(wd, status="ok", reason="", steps=0, top1=res["knn_top1"], top5=res.get("knn_top5"), **res,
-                     train_images=n_train, val_images=n_test)
+                     train_images=n_train, val_images=n_test, bad_files=bad)
     if cfg.get("json"):
         out = dict(res, ckpt=str(cfg.ckpt), weights=weights, k=knn["k"], temperature=knn["temperature"],
                    data=cfg.get("data"), train_images=n_train, test_images=n_test)
