@@ -195,7 +195,8 @@ def test_mosaic_set_on_disk_is_unchanged(tmp_path):
 def test_light_imports():
     """The package and the mosaic maker import neither torch nor mmengine (make-data stays light), and no module
     of the package but seg names mmseg in an import."""
-    code = ("import sys; import nepa_eval.data, nepa_eval.data.fashion, nepa_eval.data.ade; "
+    code = ("import sys; import nepa_eval.data, nepa_eval.data.fashion, nepa_eval.data.ade, nepa_eval.data.resolve, "
+            "nepa_eval.data.bad_files; "
             "assert not {'torch', 'mmengine', 'mmseg'} & set(sys.modules), sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
