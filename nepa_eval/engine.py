@@ -359,10 +359,13 @@ def build_runner(cfg: Config) -> "Any":
 
 def stop_on_bad_data(cfg: Config) -> None:
     """--check-data: every file of the config's data decoded first; BadFileError listing the bad ones (and the
-    run marked failed) when there are any, before the Runner is built."""
-    from nepa_eval.data.bad_files import BadFileError, bad_file_limit, summary
+    run marked failed) when there are any, before the Runner is built. Under torchrun only rank 0 checks (the
+    others wait for it in the Runner's process-group set-up, and torchrun ends them if it fails)."""
+    from nepa_eval.data.bad_files import BadFileError, bad_file_limit, stop_collecting, summary
     from nepa_eval.data.check import check_data
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     bad, items = check_data(cfg)
     if not bad:
         print(f"[nepa] --check-data: all {items} items decode", file=sys.stderr)
@@ -373,6 +376,7 @@ def stop_on_bad_data(cfg: Config) -> None:
            + ". Fix or remove them, or run without --check-data to have them skipped (warned, counted, fatal only "
              "past the bound)")
     update_final(cfg.work_dir, status="failed", reason=msg, bad_files=summary(bad, bad_file_limit(items)), steps=0)
+    stop_collecting()
     raise BadFileError(msg)
 
 

@@ -25,6 +25,8 @@ from .errors import DataError
 # skipping bad files in mmengine datasets (mmseg's)
 # ----------------------------------------------------------------------------------------------
 class _BadItem(Exception):
+    """Item loading failed because of this file (an image or an annotation), for this reason."""
+
     def __init__(self, file: str, reason: str) -> None:
         super().__init__(f"{file}: {reason}")
         self.file, self.reason = file, reason
@@ -168,12 +170,9 @@ def check_dataset(dataset: Any, name: str, workers: int = 2, batch_size: int = 3
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    if isinstance(dataset, SkipBadFiles) or hasattr(dataset, "check_item"):
-        view = _CheckView(dataset, name)
-    elif hasattr(dataset, "pipeline") and hasattr(dataset, "get_data_info"):
-        view = _CheckView(SkipBadFiles(dataset), name)
-    else:
-        view = _CheckView(dataset, name)
+    if not hasattr(dataset, "check_item") and hasattr(dataset, "pipeline") and hasattr(dataset, "get_data_info"):
+        dataset = SkipBadFiles(dataset)  # an mmengine dataset: its loading transforms and the size check
+    view = _CheckView(dataset, name)
     loader = DataLoader(view, batch_size=batch_size, num_workers=workers, collate_fn=_collate_bad)
     bad: list[dict] = []
     with tqdm(total=len(view), desc=f"checking {name} data", unit="file", disable=not progress,
