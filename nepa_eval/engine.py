@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
@@ -43,6 +44,10 @@ def add_runner_args(p: argparse.ArgumentParser, default_config: Optional[str] = 
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                    help="override config keys, e.g. train_cfg.max_iters=100 optim_wrapper.optimizer.lr=1e-3")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
+    p.add_argument("--check-data", action="store_true",
+                   help="decode every file of the run's data first (DataLoader workers, progress bar), list the bad "
+                        "ones and stop before training if there are any (without it a bad file is skipped, warned "
+                        "about and counted in final_metrics.json; the run fails only past max(100, 0.1 %%) of them)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -68,6 +73,8 @@ def load_config(args: argparse.Namespace, task: str) -> Config:
     if args.seed is not None:
         cfg.randomness = dict(cfg.get("randomness", {}), seed=args.seed)
     cfg.resume = bool(args.resume)
+    if getattr(args, "check_data", False):
+        cfg.check_data = True
     if args.resume:
         if not (Path(cfg.work_dir) / "last_checkpoint").exists():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from in {cfg.work_dir} "
@@ -187,6 +194,90 @@ class RunRecordHook(Hook):
         update_final(runner.work_dir, **values)
 
 
+@HOOKS.register_module()
+class BadFilesHook(Hook):
+    """The run's bad files (`nepa_eval.data.bad_files`) in the run directory: the datasets of every DataLoader
+    worker report the files they skip to ``bad_files.jsonl`` (started by `prepare_env`, before mmengine's loops
+    fork their workers: empty for a fresh run, continued on resume); each new file is logged when it comes in,
+    final_metrics.json holds ``bad_files`` = {count, limit, files}, and more than
+    ``max(min_files, ceil(max_fraction * items))`` of them (items: the run's datasets together) stop the run with
+    a BadFileError naming them. `known`: {'file', 'reason'} found before the run (seg's pre-run check)."""
+
+    priority = "NORMAL"
+
+    def __init__(self, max_fraction: float = 0.001, min_files: int = 100, known: Sequence[dict] = ()) -> None:
+        self.max_fraction, self.min_files = max_fraction, min_files
+        self.known = [dict(file=str(r["file"]), reason=str(r["reason"])) for r in known]
+        self.records: dict[str, dict] = {}
+        self.limit, self.items, self._log, self._offset = min_files, 0, None, 0
+
+    def before_run(self, runner) -> None:
+        from mmengine.runner import BaseLoop
+
+        from nepa_eval.data import bad_files
+
+        self._log = Path(runner.work_dir) / bad_files.LOG_NAME
+        col = bad_files.collector()
+        if col is None or col["log"] != str(self._log):  # a run not set up by prepare_env (mmengine's train.py):
+            bad_files.start_collecting(self._log, self.max_fraction, self.min_files)  # workers forked from now on
+        loops = [getattr(runner, name, None) for name in ("_train_loop", "_val_loop", "_test_loop")]
+        self.items = sum(len(loop.dataloader.dataset) for loop in loops if isinstance(loop, BaseLoop))
+        self.records, self._offset = {}, 0
+        self.limit = bad_files.bad_file_limit(self.items, self.max_fraction, self.min_files)
+        self._add(runner, self.known, "found before the run")
+        self.poll(runner)
+        self._write(runner)
+
+    def _add(self, runner, records: Sequence[dict], how: str = "skipped") -> None:
+        from mmengine.logging import print_log
+
+        from nepa_eval.data.bad_files import BadFileError, describe
+
+        new = [r for r in records if r["file"] not in self.records]
+        for r in new:
+            self.records[r["file"]] = r
+            print_log(f"[nepa] bad file {how}: {r['file']}: {r['reason']} ({len(self.records)} so far; the run "
+                      f"stops past {self.limit})", logger="current", level=logging.WARNING)
+        if new:
+            self._write(runner)
+        if len(self.records) > self.limit:
+            raise BadFileError(f"{len(self.records)} bad files, more than the {self.limit} this run tolerates "
+                               f"(max({self.min_files}, {self.max_fraction:.1%} of its {self.items} items)): "
+                               f"{describe(self.records.values())}. Fix or remove them ('--check-data' lists them "
+                               "all before training), or raise default_hooks.bad_files.max_fraction / min_files")
+
+    def poll(self, runner) -> None:
+        """Take in the files reported since the last poll (a stat call when there are none)."""
+        from nepa_eval.data.bad_files import read_records
+
+        if self._log is not None and self._log.exists() and self._log.stat().st_size > self._offset:
+            records, self._offset = read_records(self._log, self._offset)
+            self._add(runner, records)
+
+    def _write(self, runner) -> None:
+        from nepa_eval.data.bad_files import summary
+
+        update_final(runner.work_dir, bad_files=summary(self.records.values(), self.limit))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self.poll(runner)
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self.poll(runner)
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self.poll(runner)
+
+    def after_run(self, runner) -> None:
+        from nepa_eval.data.bad_files import stop_collecting
+
+        try:
+            self.poll(runner)  # the k-NN monitor's files too (it runs after training)
+            self._write(runner)
+        finally:
+            stop_collecting()
+
+
 # ----------------------------------------------------------------------------------------------
 # what every task shares before and around mmengine's Runner
 # ----------------------------------------------------------------------------------------------
@@ -200,15 +291,16 @@ def prepare_env(cfg: Config) -> Config:
     """The set-up every task needs before its Runner is built, done once here for pretrain, cls and seg:
     torch's weights_only allow-list for our own checkpoints, torchrun on CPUs (a gloo process group and a CPU
     DistributedDataParallel), bf16/fp16 AMP falling back to float32 without a GPU, a unique experiment name per
-    run, and TensorBoard switched off (with a note) where it is not installed."""
+    run, TensorBoard switched off (with a note) where it is not installed, and the run's bad-file list started."""
     import torch
     import torch.distributed as dist
 
     from backbones.nepa import register_safe_globals
 
-    from nepa_eval.data import sources  # noqa: F401  (the image datasets and nepa_collate, for any config)
+    from nepa_eval.data import check, sources  # noqa: F401  (the datasets, SkipBadFiles and nepa_collate)
 
     register_safe_globals()
+    start_bad_files(cfg)
     launcher = cfg.get("launcher", "none")
     if launcher != "none" and not torch.cuda.is_available():
         cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
@@ -236,20 +328,63 @@ def prepare_env(cfg: Config) -> Config:
     return cfg
 
 
+def start_bad_files(cfg: Config) -> None:
+    """Start the run's bad-file list (work_dir/bad_files.jsonl; empty unless resuming) where the config has a
+    BadFilesHook, before the Runner builds its loops (mmengine forks the DataLoader workers as it builds them)."""
+    from nepa_eval.data import bad_files
+
+    hook = (cfg.get("default_hooks") or {}).get("bad_files")
+    if not hook or hook.get("type") != "BadFilesHook":
+        return
+    log = Path(cfg.work_dir) / bad_files.LOG_NAME
+    if is_main_process() and not cfg.get("resume", False):
+        log.unlink(missing_ok=True)
+    bad_files.start_collecting(log, hook.get("max_fraction", bad_files.MAX_FRACTION),
+                               hook.get("min_files", bad_files.MIN_FILES))
+
+
 def build_runner(cfg: Config) -> "Any":
     """mmengine's Runner for a prepared config, exactly as mmengine's and mmseg's tools/train.py build it."""
     from mmengine.runner import Runner
 
     prepare_env(cfg)
+    if cfg.get("check_data"):
+        stop_on_bad_data(cfg)
     return Runner.from_cfg(cfg)
+
+
+def stop_on_bad_data(cfg: Config) -> None:
+    """--check-data: every file of the config's data decoded first; BadFileError listing the bad ones (and the
+    run marked failed) when there are any, before the Runner is built. Under torchrun only rank 0 checks (the
+    others wait for it in the Runner's process-group set-up, and torchrun ends them if it fails)."""
+    from nepa_eval.data.bad_files import BadFileError, bad_file_limit, stop_collecting, summary
+    from nepa_eval.data.check import check_data
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    bad, items = check_data(cfg)
+    if not bad:
+        print(f"[nepa] --check-data: all {items} items decode", file=sys.stderr)
+        return
+    msg = (f"--check-data: {len(bad)} bad file(s), training not started: "
+           + "; ".join(f"{b['file']} ({b['reason']})" for b in bad[:50])
+           + (f"; and {len(bad) - 50} more" if len(bad) > 50 else "")
+           + ". Fix or remove them, or run without --check-data to have them skipped (warned, counted, fatal only "
+             "past the bound)")
+    update_final(cfg.work_dir, status="failed", reason=msg, bad_files=summary(bad, bad_file_limit(items)), steps=0)
+    stop_collecting()
+    raise BadFileError(msg)
 
 
 def train(cfg: Config) -> "Any":
     """Build the Runner and train; a crash marks the run failed with the reason (and re-raises)."""
+    from nepa_eval.data.bad_files import stop_collecting
+
     runner = build_runner(cfg)
     try:
         runner.train()
     except Exception as e:
+        stop_collecting()
         final = read_final(cfg.work_dir)
         if final.get("status") in (None, "running"):
             # runner.iter would rebuild a train loop that failed to build (bad data) and raise again

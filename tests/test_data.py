@@ -139,7 +139,7 @@ def test_folder_source_errors_name_the_folder_and_the_fix(tmp_path):
         ds[0]
     with pytest.raises(DataError, match=f"dataset folder:{tmp_path}:train is empty"):
         ImageDataset(source="folder", root=str(tmp_path), limit=0)
-    with pytest.raises(DataError, match="unknown data source 'nope'; choose fashion_mnist, folder, hf or fashion_mosaic"):
+    with pytest.raises(DataError, match="unknown data source 'nope'; choose fashion_mnist, folder, images, hf, parquet, hub, fashion_mosaic"):
         ImageDataset(source="nope")
 
 
@@ -162,7 +162,7 @@ def test_hf_source(tmp_path):
     assert val.targets == [3, 2, 1, 0] and (np.asarray(val.load_image(0)) == arrays["v"][1]).all()
     unlabelled = DATASETS.build(dict(type="HFDiskDataset", root=root, label_key=None))
     assert unlabelled.targets == [-1] * 9 and unlabelled.classes == []
-    with pytest.raises(DataError, match=r"has splits \['train', 'validation'\], not 'test'"):
+    with pytest.raises(DataError, match=r"has no split 'test' .*the splits found: \['train', 'validation'\]"):
         ImageDataset(source="hf", root=root, split="test")
     with pytest.raises(DataError, match="no column 'pic'.*set image_key/label_key"):
         ImageDataset(source="hf", root=root, image_key="pic")
@@ -195,7 +195,8 @@ def test_mosaic_set_on_disk_is_unchanged(tmp_path):
 def test_light_imports():
     """The package and the mosaic maker import neither torch nor mmengine (make-data stays light), and no module
     of the package but seg names mmseg in an import."""
-    code = ("import sys; import nepa_eval.data, nepa_eval.data.fashion, nepa_eval.data.ade; "
+    code = ("import sys; import nepa_eval.data, nepa_eval.data.fashion, nepa_eval.data.ade, nepa_eval.data.resolve, "
+            "nepa_eval.data.bad_files; "
             "assert not {'torch', 'mmengine', 'mmseg'} & set(sys.modules), sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

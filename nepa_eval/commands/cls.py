@@ -1,7 +1,7 @@
 """`nepa-eval cls`: classification transfer of a NEPA checkpoint: fine-tune, linear probe or k-NN.
 
-    nepa-eval cls --ckpt PATH [--config CFG] [--data DIR] [--protocol finetune|linear|knn]
-                  [--work-dir DIR] [--resume] [--eval-only] [--launcher pytorch] [--cfg-options k=v ...]
+    nepa-eval cls --ckpt PATH [--config CFG] [--data DATA] [--protocol finetune|linear|knn]
+                  [--work-dir DIR] [--resume] [--eval-only] [--check-data] [--launcher pytorch] [--cfg-options k=v ...]
 
 Fine-tuning and the linear probe run on mmengine's Runner (nepa_eval/tasks/cls.py, cls_configs/); k-NN extracts
 frozen features and votes (nepa_eval/tasks/knn.py). `--eval-only` evaluates a fine-tuned classifier (a release
@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "hf-hub:OWNER/NAME, OWNER/NAME@REVISION); 'none' = random initialisation")
     p.add_argument("--protocol", choices=["finetune", "linear", "knn"], default=None,
                    help="finetune (default), linear probe or k-NN; picks the default config when --config is absent")
-    p.add_argument("--data", help="dataset: an ImageFolder root (train/ and val/), a Hugging Face dataset saved "
-                                  "with save_to_disk, or 'fashion_mnist' (built in)")
+    p.add_argument("--data", help="dataset: an ImageFolder root (train/ and val/), a save_to_disk dataset, a local copy "
+                                  "of a hub dataset repo (parquet shards), a hub dataset name OWNER/NAME (datasets' "
+                                  "cache, offline too), or 'fashion_mnist' (built in); splits as the data names them")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the checkpoint's own classifier on the validation split, no training")
     p.add_argument("--ema", action="store_true",

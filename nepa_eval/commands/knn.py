@@ -1,4 +1,4 @@
-"""`nepa-eval knn --ckpt PATH --data fashion_mnist|folder:ROOT|hf:ROOT`: DINO-style k-NN accuracy of frozen features.
+"""`nepa-eval knn --ckpt PATH --data DATA`: DINO-style k-NN accuracy of frozen features.
 
 The train split's features vote (cosine, k=20, temperature 0.07) for each test image (nepa_eval/tasks/knn.py).
 `--random-init` builds the checkpoint's architecture with fresh weights: the baseline a pretraining run must beat.
@@ -12,9 +12,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="any checkpoint the weight door accepts (run checkpoint, "
                    "backbone.safetensors, the release's HF directory, a Hugging Face id OWNER/NAME[@REVISION], ...)")
     p.add_argument("--data", default="fashion_mnist",
-                   help="fashion_mnist, folder:ROOT (ROOT/<split>/<class>/*) or hf:ROOT (save_to_disk)")
+                   help="fashion_mnist, an ImageFolder root (ROOT/<split>/<class>/*), a save_to_disk dataset, a local "
+                        "copy of a hub dataset repo (parquet shards), or a hub dataset name OWNER/NAME; the forms "
+                        "folder:ROOT and hf:ROOT name the kind explicitly")
     p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test", help="for folder/hf data usually 'val'")
+    p.add_argument("--test-split", default="val",
+                   help="the split classified: val finds val, validation, valid or dev, else test [default: val]")
     p.add_argument("--train-limit", type=int, default=None, help="use a fixed random subset of the train split")
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the checkpoint's img_size)")

@@ -9,7 +9,7 @@ Layout (ADE20K's, so the same mmseg code path reads both ADE20K and the mosaic s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -41,14 +41,33 @@ def allowed_labels(num_classes: int, reduce_zero_label: bool, ignore_index: int 
     return set(valid) | {ignore_index}
 
 
+def pair_problem(img: Path, ann: Path) -> Optional[tuple[str, str]]:
+    """(file, reason) when an image or its annotation cannot be opened or their sizes differ, from the headers
+    alone (PIL reads the size without decoding the pixels); None when the pair looks right."""
+    sizes = []
+    for path, what in ((img, "image"), (ann, "annotation")):
+        try:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        except Exception as e:
+            return str(path), f"unreadable {what}: {type(e).__name__}: {e}"
+    if sizes[0] != sizes[1]:
+        (iw, ih), (aw, ah) = sizes
+        return str(ann), f"annotation is {aw}x{ah}, its image {img} is {iw}x{ih} (width x height)"
+    return None
+
+
 def check_seg_root(data_root: str | Path, num_classes: int, reduce_zero_label: bool,
                    ignore_index: int = IGNORE_INDEX, splits: Sequence[str] = SPLITS, img_suffix: str = ".jpg",
-                   seg_map_suffix: str = ".png", max_check: int = 1000) -> dict[str, int]:
-    """Check folders, image/annotation pairing and annotation values; raise DataError naming what is wrong.
+                   seg_map_suffix: str = ".png", max_check: int = 1000,
+                   bad: Optional[list[tuple[str, str]]] = None) -> dict[str, int]:
+    """Check folders, image/annotation pairing, sizes and annotation values; raise DataError naming what is wrong.
 
-    Every image must have an annotation; annotation values must be class indices (0..num_classes, 0 being
-    'unlabelled' when reduce_zero_label) or the ignore value. Values are read from every annotation when a
-    split has at most `max_check` of them, else from `max_check` evenly spaced ones. Returns {split: count}.
+    Every image must have an annotation of the same size (read from the headers of every pair, cheaply);
+    annotation values must be class indices (0..num_classes, 0 being 'unlabelled' when reduce_zero_label) or the
+    ignore value. Values are read from every annotation when a split has at most `max_check` of them, else from
+    `max_check` evenly spaced ones. `bad`: where unreadable files and size mismatches go, as (file, reason), for
+    the run to skip them; None raises on the first. Returns {split: count}.
     """
     root = resolve_ade_root(data_root)
     allowed = allowed_labels(num_classes, reduce_zero_label, ignore_index)
@@ -70,7 +89,15 @@ def check_seg_root(data_root: str | Path, num_classes: int, reduce_zero_label: b
             raise DataError(f"{len(unpaired)} of {len(images)} images in {img_dir} have no annotation in {ann_dir} "
                             f"(expected <name>{seg_map_suffix} beside each <name>{img_suffix}), e.g. "
                             f"{', '.join(unpaired[:5])}")
-        names = sorted(images)
+        names, broken = sorted(images), set()
+        for name in names:
+            problem = pair_problem(img_dir / f"{name}{img_suffix}", ann_dir / f"{name}{seg_map_suffix}")
+            if problem is not None:
+                if bad is None:
+                    raise DataError(f"{problem[0]}: {problem[1]}")
+                bad.append(problem)
+                broken.add(name)
+        names = [n for n in names if n not in broken]
         if len(names) > max_check:
             names = [names[i] for i in np.linspace(0, len(names) - 1, max_check).round().astype(int)]
         for name in names:
@@ -80,14 +107,17 @@ def check_seg_root(data_root: str | Path, num_classes: int, reduce_zero_label: b
                     mode = im.mode
                     arr = np.asarray(im)
             except Exception as e:
-                raise DataError(f"unreadable annotation {path}: {e}") from e
+                if bad is None:
+                    raise DataError(f"unreadable annotation {path}: {e}") from e
+                bad.append((str(path), f"unreadable annotation: {type(e).__name__}: {e}"))
+                continue
             if mode not in ("L", "P", "I", "I;16") or arr.ndim != 2:
                 raise DataError(f"{path}: annotations must be single-channel class-index PNGs (mode L or P), got "
                                 f"mode {mode} with shape {arr.shape}; colour masks must be converted to indices")
-            bad = sorted(set(np.unique(arr).tolist()) - allowed)
-            if bad:
+            outside = sorted(set(np.unique(arr).tolist()) - allowed)
+            if outside:
                 rng = f"0..{num_classes}" if reduce_zero_label else f"0..{num_classes - 1}"
-                raise DataError(f"{path}: annotation values {bad[:10]} are outside the {num_classes} classes "
+                raise DataError(f"{path}: annotation values {outside[:10]} are outside the {num_classes} classes "
                                 f"(allowed {rng} and the ignore value {ignore_index}"
                                 f"{', 0 = unlabelled with reduce_zero_label' if reduce_zero_label else ''}); "
                                 "is the dataset's num_classes / reduce_zero_label right for these annotations?")

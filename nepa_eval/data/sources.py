@@ -2,7 +2,10 @@
 
 - `FashionMNISTDataset`: the full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (offline, built in);
 - `ImageFolderDataset`: torchvision's ImageFolder on ``ROOT/<split>/<class>/*.jpg`` (ImageNet layout: train/, val/);
-- `HFDiskDataset`: a Hugging Face dataset saved with ``save_to_disk`` (image and label columns);
+- `ImageFilesDataset`: every image under ``ROOT/<split>`` (or ROOT itself), flat or nested, unlabelled (label -1);
+- `HFDiskDataset`: a Hugging Face dataset saved with ``save_to_disk``;
+- `HFParquetDataset`: a local copy of a hub dataset repo (parquet shards, split names from the file names);
+- `HFHubDataset`: a hub dataset by name (``ILSVRC/imagenet-1k``) through `datasets` (its cache, the offline flags);
 - `FashionMosaicImages`: unlabelled Fashion-MNIST mosaic canvases (the segmentation set's images, made on the fly
   from the split's items: `limit` canvases, as many as the split has items by default), for pretraining on
   the segmentation domain.
@@ -10,10 +13,17 @@
 Each takes ``split``, ``transform`` (a callable or `build_transform` arguments), ``limit`` (a fixed random
 subset, the same every run) and ``seed``, and gives (image, label) pairs plus ``classes``, ``targets`` and
 ``load_image(i)``. `ImageDataset` picks one by name, as configs say:
-``dataset=dict(type='ImageDataset', source='folder', root='data/imagenet', split='train', transform=...)``.
+``dataset=dict(type='ImageDataset', source='folder', root='data/imagenet', split='train', transform=...)``;
+`nepa_eval.data.resolve` turns a ``--data`` value into these arguments. The Hugging Face sources find their image
+and label columns by their features (``image_key`` / ``label_key`` 'auto'; a name; ``label_key=None``: unlabelled).
+
+A file that cannot be read or decoded never ends a run: item i is then the next item whose image decodes (the
+same every time), and the file is reported (`bad_files`: warned, counted, recorded by the run, fatal only past
+the bound).
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,7 +34,9 @@ from torch.utils.data import Dataset
 from torchvision.datasets import DatasetFolder, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .bad_files import report_bad_file
 from .errors import DataError
+from .resolve import SPLIT_NAMES, find_columns, parquet_splits, pick_split
 from .fashion import FASHION_CLASSES, FASHION_ROOT, fashion_mnist_arrays, mosaic_canvas
 from .transforms import build_transform
 
@@ -54,6 +66,12 @@ def _open_rgb(path: str) -> Image.Image:
         raise DataError(f"unreadable image {path}: {e}") from e
 
 
+def _reason(e: BaseException) -> str:
+    """Why a file is bad: the underlying error (type and message)."""
+    cause = e.__cause__ if isinstance(e, DataError) and e.__cause__ is not None else e
+    return f"{type(cause).__name__}: {cause}"
+
+
 class ImageSource(Dataset):
     """(transform(image), label) pairs; a source sets `classes`, `targets`, `transform` and `load_image`."""
 
@@ -70,6 +88,18 @@ class ImageSource(Dataset):
         """Image i as PIL RGB, before the transform."""
         raise NotImplementedError
 
+    def item_name(self, i: int) -> str:
+        """The file (or row) behind item i, as a bad-file report names it."""
+        return f"{self.source}:{getattr(self, 'split', '')}[{i}]"
+
+    def check_item(self, i: int) -> Optional[tuple[str, str]]:
+        """None when image i decodes, else (its file, why not): for --check-data."""
+        try:
+            self.load_image(i)
+        except Exception as e:
+            return self.item_name(i), _reason(e)
+        return None
+
     def _check_not_empty(self, root: Optional[str], split: str) -> None:
         if len(self.targets) == 0:
             raise DataError(f"dataset {self.source}:{root or ''}:{split} is empty")
@@ -78,8 +108,19 @@ class ImageSource(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        img = self.load_image(i)
-        return (self.transform(img) if self.transform else img), int(self.targets[i])
+        """(transform(image), label) of item i, or of the next item whose image decodes (bad files reported)."""
+        n, last = len(self), ""
+        for k in range(n):
+            j = (i + k) % n
+            try:
+                img = self.load_image(j)
+            except Exception as e:
+                last = _reason(e)
+                report_bad_file(self.item_name(j), last, n, getattr(self, "split", ""))
+                continue
+            return (self.transform(img) if self.transform else img), int(self.targets[j])
+        raise DataError(f"none of the {n} images of {self.source}:{getattr(self, 'split', '')} can be read; "
+                        f"the last: unreadable image {self.item_name((i + n - 1) % n)}: {last}")
 
 
 @DATASETS.register_module()
@@ -142,45 +183,173 @@ class ImageFolderDataset(ImageSource, ImageFolder):
     def load_image(self, i: int) -> Image.Image:
         return self.loader(self.samples[i][0])
 
+    def item_name(self, i: int) -> str:
+        return self.samples[i][0]
+
+
+def _split_dir(root: str, split: str) -> Path:
+    """root/split, or root itself as the train split when it has no split folders (train/, val/, ...)."""
+    r = Path(root)
+    if (r / split).is_dir():
+        return r / split
+    if not r.is_dir():
+        raise DataError(f"image folder not found: {r}")
+    found = sorted(d.name for d in r.iterdir() if d.is_dir() and d.name.lower() in SPLIT_NAMES)
+    if split == "train" and not found:
+        return r
+    raise DataError(f"image folder not found: {r / split} (the split folders in {r}: "
+                    f"{found or 'none, so the folder itself is the train split'})")
+
 
 @DATASETS.register_module()
-class HFDiskDataset(ImageSource):
-    """A Hugging Face dataset written by ``save_to_disk`` (a Dataset, or a DatasetDict holding `split`; 'val'
-    falls back to 'validation'); ``label_key=None`` for unlabelled images (every label -1)."""
+class ImageFilesDataset(ImageSource):
+    """Unlabelled images (every label -1): each image file under root/split, or under root itself as the train
+    split when it has no split folders, at any depth, in path order (hidden folders skipped)."""
+
+    source = "images"
+
+    def __init__(self, root: Optional[str] = None, split: str = "train", transform: Transform = None,
+                 limit: Optional[int] = None, seed: int = 0) -> None:
+        if root is None:
+            raise DataError("source='images' needs a root directory (a folder of images, at any depth)")
+        d = _split_dir(root, split)
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS
+                       and not any(part.startswith(".") for part in p.relative_to(d).parts) and p.is_file())
+        if not files:
+            raise DataError(f"{d} holds no images with extensions {IMG_EXTENSIONS} (at any depth)")
+        self.split, self.transform = split, _as_transform(transform)
+        self.files = [str(files[i]) for i in _subset(len(files), limit, seed)]
+        self.targets, self.classes = [-1] * len(self.files), []
+        self._check_not_empty(root, split)
+
+    def load_image(self, i: int) -> Image.Image:
+        return _open_rgb(self.files[i])
+
+    def item_name(self, i: int) -> str:
+        return self.files[i]
+
+
+def _hf() -> Any:
+    try:
+        import datasets as hfds
+    except ImportError as e:
+        raise DataError("Hugging Face data needs the 'datasets' package: pip install datasets") from e
+    return hfds
+
+
+class HFSource(ImageSource):
+    """Rows of a Hugging Face Dataset: the image column is decoded here (PIL), so a bad row is named and skipped;
+    labels from the label column (ClassLabel names as classes). ``image_key`` / ``label_key``: 'auto' (found by
+    the features), a column name, or (label_key) None for unlabelled data (every label -1)."""
+
+    def _setup(self, ds: Any, where: str, split: str, transform: Transform, limit: Optional[int], seed: int,
+               image_key: Optional[str], label_key: Optional[str]) -> None:
+        hfds = _hf()
+        self.split, self.transform, self._where = split, _as_transform(transform), where
+        if image_key == "auto" or label_key == "auto":
+            auto_image, auto_label = find_columns(ds.features, where)
+            image_key = auto_image if image_key == "auto" else image_key
+            label_key = auto_label if label_key == "auto" else label_key
+        for key in (image_key, label_key):
+            if key is not None and key not in ds.column_names:
+                raise DataError(f"{where}: no column {key!r} (columns: {ds.column_names}); set image_key/label_key")
+        self._rows = _subset(len(ds), limit, seed)
+        sub = ds.select(self._rows.tolist()) if len(self._rows) < len(ds) else ds
+        self._image_key = image_key
+        self._images = sub.select_columns([image_key]).cast_column(image_key, hfds.Image(decode=False))
+        if label_key is None:
+            self.targets, self.classes = [-1] * len(sub), []
+        else:
+            self.targets = [int(y) for y in sub[label_key]]
+            names = getattr(ds.features[label_key], "names", None)
+            self.classes = list(names or range(int(max(self.targets)) + 1)) if self.targets else []
+        self._check_not_empty(where, split)
+
+    def _raw(self, i: int) -> dict:
+        return self._images[i][self._image_key] or {}
+
+    def load_image(self, i: int) -> Image.Image:
+        rec = self._raw(i)
+        data, path = rec.get("bytes"), rec.get("path")
+        try:
+            if data is None and not path:
+                raise ValueError("the row holds no image")
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
+                return im.convert("RGB")
+        except Exception as e:
+            raise DataError(f"unreadable image {self.item_name(i)}: {e}") from e
+
+    def item_name(self, i: int) -> str:
+        try:
+            path = self._raw(i).get("path")
+        except Exception:
+            path = None
+        return f"{self._where} row {int(self._rows[i])}" + (f" ({path})" if path else "")
+
+
+@DATASETS.register_module()
+class HFDiskDataset(HFSource):
+    """A Hugging Face dataset written by ``save_to_disk``: a Dataset, or a DatasetDict holding `split` (named as
+    the data names it: 'val' finds validation)."""
 
     source = "hf"
 
     def __init__(self, root: Optional[str] = None, split: str = "train", transform: Transform = None,
-                 limit: Optional[int] = None, seed: int = 0, image_key: str = "image",
-                 label_key: Optional[str] = "label") -> None:
-        self.split, self.transform = split, _as_transform(transform)
-        try:
-            import datasets as hfds
-        except ImportError as e:
-            raise DataError("source='hf' needs the 'datasets' package: pip install datasets") from e
+                 limit: Optional[int] = None, seed: int = 0, image_key: Optional[str] = "auto",
+                 label_key: Optional[str] = "auto") -> None:
+        hfds = _hf()
         if root is None or not Path(root).exists():
             raise DataError(f"Hugging Face dataset directory not found: {root}")
         ds = hfds.load_from_disk(root)
         if isinstance(ds, hfds.DatasetDict):
-            name = split if split in ds else {"val": "validation"}.get(split, split)
-            if name not in ds:
-                raise DataError(f"{root} has splits {list(ds)}, not {split!r}")
-            ds = ds[name]
-        for key in (image_key, label_key):
-            if key is not None and key not in ds.column_names:
-                raise DataError(f"{root}: no column {key!r} (columns: {ds.column_names}); set image_key/label_key")
-        self._hf, self._image_key = ds.select(_subset(len(ds), limit, seed).tolist()), image_key
-        if label_key is None:
-            self.targets, self.classes = [-1] * len(self._hf), []
-        else:
-            self.targets = list(self._hf[label_key])
-            names = getattr(ds.features[label_key], "names", None)
-            self.classes = list(names or range(int(max(self.targets)) + 1)) if self.targets else []
-        self._check_not_empty(root, split)
+            split = pick_split(list(ds), split, root)
+            ds = ds[split]
+        self._setup(ds, f"{root}:{split}", split, transform, limit, seed, image_key, label_key)
 
-    def load_image(self, i: int) -> Image.Image:
-        img = self._hf[i][self._image_key]
-        return (img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))).convert("RGB")
+
+@DATASETS.register_module()
+class HFParquetDataset(HFSource):
+    """A local copy of a hub dataset repo: its parquet shards of `split` (split names from the file names, as
+    `datasets` reads them), loaded with `datasets`' parquet builder (converted once into its Arrow cache,
+    HF_DATASETS_CACHE, then memory-mapped)."""
+
+    source = "parquet"
+
+    def __init__(self, root: Optional[str] = None, split: str = "train", transform: Transform = None,
+                 limit: Optional[int] = None, seed: int = 0, image_key: Optional[str] = "auto",
+                 label_key: Optional[str] = "auto") -> None:
+        hfds = _hf()
+        if root is None or not Path(root).is_dir():
+            raise DataError(f"dataset repo folder not found: {root}")
+        files = parquet_splits(root)
+        split = pick_split(list(files), split, root)
+        ds = hfds.load_dataset("parquet", data_files={split: files[split]}, split=split)
+        self._setup(ds, f"{root}:{split}", split, transform, limit, seed, image_key, label_key)
+
+
+@DATASETS.register_module()
+class HFHubDataset(HFSource):
+    """A hub dataset by name (``ILSVRC/imagenet-1k``), loaded by `datasets`: from its cache, offline too
+    (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE), or downloaded when online."""
+
+    source = "hub"
+
+    def __init__(self, root: Optional[str] = None, split: str = "train", transform: Transform = None,
+                 limit: Optional[int] = None, seed: int = 0, image_key: Optional[str] = "auto",
+                 label_key: Optional[str] = "auto") -> None:
+        hfds = _hf()
+        if not root:
+            raise DataError("source='hub' needs the dataset's name as root, e.g. root='ILSVRC/imagenet-1k'")
+        try:
+            builder = hfds.load_dataset_builder(root)
+            split = pick_split(list(builder.info.splits or [split]), split, root)
+            ds = hfds.load_dataset(root, split=split)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"hub dataset {root} could not be loaded ({type(e).__name__}: {e}); with no network it "
+                            "must be in the datasets cache (HF_DATASETS_CACHE)") from None
+        self._setup(ds, f"{root}:{split}", split, transform, limit, seed, image_key, label_key)
 
 
 @DATASETS.register_module()
@@ -204,20 +373,23 @@ class FashionMosaicImages(ImageSource):
 
 
 SOURCES: dict[str, type[ImageSource]] = {
-    cls.source: cls for cls in (FashionMNISTDataset, ImageFolderDataset, HFDiskDataset, FashionMosaicImages)}
+    cls.source: cls for cls in (FashionMNISTDataset, ImageFolderDataset, ImageFilesDataset, HFDiskDataset,
+                                HFParquetDataset, HFHubDataset, FashionMosaicImages)}
 
 
 @DATASETS.register_module()
 class ImageDataset(Dataset):
-    """The source named `source` (fashion_mnist, folder, hf or fashion_mosaic) with its arguments; keys that
-    source does not take (image_key, label_key, mosaic) are ignored."""
+    """The source named `source` (fashion_mnist, folder, images, hf, parquet, hub or fashion_mosaic) with its
+    arguments; keys that source does not take (image_key, label_key, mosaic) are ignored."""
 
     def __init__(self, source: str = "fashion_mnist", root: Optional[str] = None, split: str = "train",
                  transform: Transform = None, limit: Optional[int] = None, seed: int = 0,
-                 image_key: str = "image", label_key: Optional[str] = "label", mosaic: Optional[dict] = None) -> None:
+                 image_key: Optional[str] = "auto", label_key: Optional[str] = "auto",
+                 mosaic: Optional[dict] = None) -> None:
         if source not in SOURCES:
-            raise DataError(f"unknown data source {source!r}; choose fashion_mnist, folder, hf or fashion_mosaic")
-        extra = {"hf": dict(image_key=image_key, label_key=label_key), "fashion_mosaic": dict(mosaic=mosaic)}
+            raise DataError(f"unknown data source {source!r}; choose {', '.join(SOURCES)}")
+        keys = dict(image_key=image_key, label_key=label_key)
+        extra = {"hf": keys, "parquet": keys, "hub": keys, "fashion_mosaic": dict(mosaic=mosaic)}
         self.source, self.split = source, split
         self.data = SOURCES[source](root=root, split=split, transform=transform, limit=limit, seed=seed,
                                     **extra.get(source, {}))
@@ -240,6 +412,12 @@ class ImageDataset(Dataset):
 
     def load_image(self, i: int) -> Image.Image:
         return self.data.load_image(i)
+
+    def item_name(self, i: int) -> str:
+        return self.data.item_name(i)
+
+    def check_item(self, i: int) -> Optional[tuple[str, str]]:
+        return self.data.check_item(i)
 
     def __len__(self) -> int:
         return len(self.data)

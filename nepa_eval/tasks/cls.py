@@ -262,18 +262,15 @@ DEFAULT_CONFIGS = {
 SCRATCH = ("none", "scratch", "random")
 
 
-def data_source(data: str) -> dict[str, Any]:
-    """{'source', 'root'} for a --data argument."""
-    if data.lower().replace("-", "_") in ("fashion_mnist", "fmnist"):
-        return dict(source="fashion_mnist", root=None)
-    d = Path(data)
-    if not d.exists():
-        raise FileNotFoundError(f"--data {data}: no such directory")
-    if any((d / f).exists() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        return dict(source="hf", root=str(d))
-    if d.is_dir():
-        return dict(source="folder", root=str(d))
-    raise ValueError(f"--data {data}: not a directory (expected an ImageFolder root or a saved HF dataset)")
+def set_data(cfg: Any, value: str) -> None:
+    """`--data`: every loader's dataset on the resolved data, each split named as the data names it."""
+    from nepa_eval.data.resolve import resolve_data
+
+    spec = resolve_data(value, labelled=True)
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if cfg.get(key):
+            ds = cfg[key].dataset
+            ds.update(spec.dataset(ds.get("split", "train")))
 
 
 def _check_data(cfg: Any, need_train: bool = True) -> int:
@@ -283,7 +280,18 @@ def _check_data(cfg: Any, need_train: bool = True) -> int:
         ds_cfg = {k: v for k, v in cfg[name].dataset.items() if k != "transform"}
         try:
             ds = DATASETS.build(ds_cfg)
-            ds.load_image(0)
+            problems = []
+            for i in range(min(len(ds), 20)):  # a bad first file is skipped at run time, not a reason to stop
+                problem = ds.check_item(i)
+                if problem is None:
+                    break
+                problems.append(problem)
+            else:
+                raise DataError(f"unreadable images: none of the first {len(problems)} decodes: "
+                                + "; ".join(f"{f} ({r})" for f, r in problems[:3]))
+            if ds.num_classes == 0:
+                raise DataError(f"{ds_cfg.get('source')}:{ds_cfg.get('root') or ''}:{ds_cfg.get('split')} has no "
+                                "labels (classification needs class folders, or a ClassLabel / integer label column)")
         except DataError as e:
             raise DataError(f"{name.split('_')[0]} data: {e}") from None
         counts[name.split("_")[0]] = (ds.num_classes, len(ds))
@@ -344,10 +352,7 @@ def build_cfg(args: Any) -> Any:
         raise ValueError(f"{'--eval-only' if eval_only else '--protocol ' + protocol} needs a checkpoint "
                          "(--ckpt PATH), not random initialisation")
     if getattr(args, "data", None):
-        src = data_source(args.data)
-        for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
-            if cfg.get(key):
-                cfg[key].dataset.update(src)
+        set_data(cfg, args.data)
     num_classes = _check_data(cfg, need_train=not eval_only)
     want = cfg.model.get("num_classes")
     if want is not None and want != num_classes:
@@ -424,6 +429,10 @@ def run(cfg: Any) -> int:
     if cfg.protocol == "knn":
         from nepa_eval.tasks import knn
 
+        if cfg.get("check_data"):
+            from nepa_eval.engine import stop_on_bad_data
+
+            stop_on_bad_data(cfg)
         return knn.run(knn_cfg(cfg))
     base = dict(task="cls", protocol=cfg.protocol, ckpt=cfg.model.ckpt or "random-init")
     if cfg.protocol != "eval-only":

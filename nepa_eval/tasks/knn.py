@@ -10,31 +10,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mmengine.config import Config
 
 KNN_DEFAULTS = dict(k=20, temperature=0.07, pool="avg", blocks=[], batch_size=256)
 
 
-def data_spec(data: str, split: str, limit: Optional[int]) -> dict[str, Any]:
-    """ImageDataset arguments for a `nepa-eval knn --data` value: fashion_mnist, folder:ROOT or hf:ROOT."""
-    source, _, root = data.partition(":")
-    if source not in ("fashion_mnist", "folder", "hf"):
-        raise ValueError(f"--data must be fashion_mnist, folder:ROOT or hf:ROOT, not {data!r}")
-    if source != "fashion_mnist" and not root:
-        raise ValueError(f"--data {source}: give the root, e.g. {source}:/path/to/data")
-    return dict(source=source, root=root or None, split=split, limit=limit)
-
-
 def build_cfg(args: Any) -> Config:
-    """The k-NN config of `nepa-eval knn` arguments (the input size defaults to the checkpoint's, at run time)."""
+    """The k-NN config of `nepa-eval knn` arguments (the input size defaults to the checkpoint's, at run time);
+    --data resolved by `nepa_eval.data.resolve` (fashion_mnist, folder:ROOT and hf:ROOT as before)."""
+    from nepa_eval.data.resolve import resolve_data
+
     tf = dict(kind="resize", img_size=args.img_size) if args.img_size else None
+    spec = resolve_data(args.data, labelled=True)
     return Config(dict(
         task="knn", ckpt=str(args.ckpt), ema=bool(args.ema), random_init=bool(args.random_init), seed=args.seed,
         device=args.device, data=args.data, json=args.json, work_dir=None, backbone={},
-        train_data=dict(data_spec(args.data, args.train_split, args.train_limit), transform=tf),
-        test_data=dict(data_spec(args.data, args.test_split, args.test_limit), transform=tf),
+        train_data=spec.dataset(args.train_split, limit=args.train_limit, transform=tf),
+        test_data=spec.dataset(args.test_split, limit=args.test_limit, transform=tf),
         knn=dict(KNN_DEFAULTS, k=args.k, temperature=args.temperature, pool=args.pool, blocks=list(args.block),
                  batch_size=args.batch_size)))
 
@@ -45,6 +39,8 @@ def run(cfg: Config) -> int:
     from mmengine.dist import is_main_process
 
     from backbones.nepa import NepaViT, from_pretrained
+    from nepa_eval.data.bad_files import (LOG_NAME, bad_file_limit, read_records, start_collecting,
+                                          stop_collecting, summary)
     from nepa_eval.timing import device_of
     from nepa_eval.engine import update_final
     from nepa_eval.knn import knn_eval
@@ -66,19 +62,30 @@ def run(cfg: Config) -> int:
     model.eval().to(dev)
     size_tf = dict(kind="resize", img_size=model.cfg.img_size)
     train, test = ({**d, "transform": d.get("transform") or size_tf} for d in (cfg.train_data, cfg.test_data))
-    res = knn_eval(model, train, test, k=knn["k"], temperature=knn["temperature"], batch_size=knn["batch_size"],
-                   pool=knn["pool"], device=dev, layers=[None, *knn["blocks"]], num_classes=cfg.get("num_classes"),
-                   with_counts=True)
+    log = wd / LOG_NAME if wd is not None else None
+    previous = start_collecting(log) if log is not None else None
+    if log is not None:
+        log.unlink(missing_ok=True)
+    try:
+        res = knn_eval(model, train, test, k=knn["k"], temperature=knn["temperature"], batch_size=knn["batch_size"],
+                       pool=knn["pool"], device=dev, layers=[None, *knn["blocks"]],
+                       num_classes=cfg.get("num_classes"), with_counts=True)
+    finally:
+        if log is not None:
+            stop_collecting(previous)
     n_train, n_test = res.pop("train_images"), res.pop("test_images")
     weights = "random init" if cfg.random_init else ("ema" if cfg.ema else "raw")
     blocks = "".join(f", block {b} top-1 {res[f'knn_top1_block{b}']:.2f}%" for b in knn["blocks"])
     print(f"k-NN top-1 {res['knn_top1']:.2f}%" + (f", top-5 {res['knn_top5']:.2f}%" if "knn_top5" in res else "")
           + f"{blocks} ({weights}, {cfg.ckpt}, k={knn['k']}, T={knn['temperature']})")
     if wd is not None:
+        bad = summary(read_records(log)[0], bad_file_limit(n_train + n_test))
+        for r in bad["files"]:
+            print(f"[nepa] bad file skipped: {r['file']}: {r['reason']}")
         update_final(wd, status="ok", reason="", steps=0, top1=res["knn_top1"], top5=res.get("knn_top5"), **res,
-                     train_images=n_train, val_images=n_test)
+                     train_images=n_train, val_images=n_test, bad_files=bad)
     if cfg.get("json"):
         out = dict(res, ckpt=str(cfg.ckpt), weights=weights, k=knn["k"], temperature=knn["temperature"],
-                   data=cfg.get("data"))
+                   data=cfg.get("data"), train_images=n_train, test_images=n_test)
         Path(cfg.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -421,12 +421,47 @@ class NepaCheckpointHook(CheckpointHook):
 # ----------------------------------------------------------------------------------------------
 # the task: `nepa-eval pretrain`
 # ----------------------------------------------------------------------------------------------
+def set_data(cfg: Any, value: str) -> None:
+    """`--data`: the training data (any folder as unlabelled images, no label column read), keeping the
+    config's transform, limit and seed; the k-NN monitor follows it when the data has labels and a held-out
+    split (train votes, val/validation/test is classified), and is switched off otherwise."""
+    from nepa_eval.data import DataError
+    from nepa_eval.data.resolve import resolve_data
+
+    spec = resolve_data(value, labelled=False)
+    old = cfg.train_dataloader.dataset
+    keep = {k: old[k] for k in ("transform", "limit", "seed") if k in old}
+    cfg.train_dataloader.dataset = dict(type="ImageDataset", **spec.dataset("train"), **keep)
+    monitors = [h for h in cfg.get("custom_hooks", []) if h.get("type") == "KnnMonitorHook" and h.get("enabled", True)]
+    if not monitors:
+        return
+    try:
+        labelled = resolve_data(value, labelled=True)
+    except DataError:
+        labelled = None
+    if labelled is None or not (labelled.has_split("train") and labelled.has_split("val")):
+        for h in monitors:
+            h["enabled"] = False
+        for key in ("knn_train", "knn_test"):
+            cfg.pop(key, None)
+        print(f"[nepa] pretrain --data {value}: no labels or no held-out split to classify, so the k-NN monitor "
+              "is off", file=sys.stderr)
+        return
+    for key, split, arg in (("knn_train", "train", "train_data"), ("knn_test", "val", "test_data")):
+        prev = cfg.get(key) or {}
+        cfg[key] = labelled.dataset(split, **{k: prev[k] for k in ("transform", "limit") if k in prev})
+        for h in monitors:
+            h[arg] = None  # the hook takes the config's knn_train / knn_test
+
+
 def build_cfg(args: Any) -> Any:
-    """The pretraining config with --cfg-options and the recipe's derived values (lr from the effective batch,
-    warm-up + cosine from max_iters) resolved; everything else, hooks included, is the config file's."""
+    """The pretraining config with --data, --cfg-options and the recipe's derived values (lr from the effective
+    batch, warm-up + cosine from max_iters) resolved; everything else, hooks included, is the config file's."""
     from nepa_eval.engine import load_config
 
     cfg = load_config(args, "pretrain")
+    if getattr(args, "data", None):
+        set_data(cfg, args.data)
     cfg.recipe_resolved = apply_recipe(cfg)  # recorded in config.py and final_metrics.json
     return cfg
 

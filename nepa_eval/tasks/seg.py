@@ -24,6 +24,8 @@ from backbones.nepa.checkpoint import (hold_checkpoint, locate_checkpoint, read_
 from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
 from nepa_eval.timing import sync, time_fn
 from nepa_eval.data import DataError
+from nepa_eval.data import bad_files
+from nepa_eval.data.check import wrap_datasets
 from nepa_eval.data.seg import IGNORE_INDEX, check_seg_root, resolve_ade_root  # registers FashionMosaicDataset
 from nepa_eval.engine import ROOT, build_runner, load_config, read_final, train, update_final
 from nepa_eval.layer_decay import layer_decay_of
@@ -158,6 +160,7 @@ def build_cfg(args: argparse.Namespace) -> Config:
         cfg.load_from = segmentor_ckpt  # fine-tune further from a trained segmentor
     if args.data_root:
         run["data_root"] = str(set_data_root(cfg, args.data_root))
+    wrap_datasets(cfg)  # bad files skipped (the next good item), reported, counted (nepa_eval.data.check)
     if args.inference == "whole":
         cfg.model.test_cfg = dict(mode="whole")
     elif args.inference == "slide":
@@ -213,6 +216,24 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _note_bad_files(cfg: Config, found: list[tuple[str, str]], items: int) -> None:
+    """Bad files of the pre-run check: warned about, handed to the run's BadFilesHook (so the log and
+    final_metrics.json list them even if training never draws them), fatal past the hook's bound."""
+    if not found:
+        return
+    hook = (cfg.get("default_hooks") or {}).get("bad_files") or {}
+    limit = bad_files.bad_file_limit(items, hook.get("max_fraction", bad_files.MAX_FRACTION),
+                                     hook.get("min_files", bad_files.MIN_FILES))
+    records = [dict(file=f, reason=r) for f, r in found]
+    for r in records:
+        print(f"[nepa] seg: bad file (skipped): {r['file']}: {r['reason']}", file=sys.stderr)
+    if len(records) > limit:
+        raise bad_files.BadFileError(f"{len(records)} bad files, more than the {limit} a run of {items} images "
+                                     f"tolerates: {bad_files.describe(records)}")
+    if hook:
+        hook["known"] = list(hook.get("known") or []) + records
+
+
 def run(cfg: Config) -> int:
     """Check the data, train then evaluate (or evaluate only); the final metrics go to final_metrics.json and,
     as one JSON line, to stdout. 0 when the run ends ok."""
@@ -223,8 +244,10 @@ def run(cfg: Config) -> int:
     num_classes, rzl, ignore = label_spec(cfg)
     root = _datasets(cfg)[0]["data_root"]
     splits = ("validation",) if test_only else ("training", "validation")
+    found: list[tuple[str, str]] = []  # unreadable files and size mismatches, from the headers
     try:
-        counts = check_seg_root(root, num_classes, rzl, ignore, splits=splits)
+        counts = check_seg_root(root, num_classes, rzl, ignore, splits=splits, bad=found)
+        _note_bad_files(cfg, found, sum(counts.values()))
     except DataError as e:
         raise ValueError(f"data: {e}") from e
     extra.update(num_classes=num_classes, reduce_zero_label=rzl, images=dict(counts))

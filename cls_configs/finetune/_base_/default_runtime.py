@@ -1,5 +1,6 @@
 # Runtime shared by the fine-tuning configs: mmengine Runner, hooks, model + EMA validation.
-custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.tasks.cls'], allow_failed_imports=False)
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.data.check', 'nepa_eval.tasks.cls'],
+                      allow_failed_imports=False)
 default_scope = None
 protocol = 'finetune'
 
@@ -10,6 +11,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_best='ema_top1', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     run_record=dict(type='RunRecordHook', task='cls'),  # config.py, scalars.jsonl, final_metrics.json
+    # unreadable images are skipped, logged and listed in final_metrics.json (bad_files); the run stops past
+    # max(min_files, max_fraction x the data) of them
+    bad_files=dict(type='BadFilesHook', max_fraction=0.001, min_files=100),
 )
 param_scheduler = []
 

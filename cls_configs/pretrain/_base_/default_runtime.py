@@ -1,6 +1,7 @@
 # Runtime shared by every pretraining recipe: iteration-based loop, crash-safe checkpoints, health and
 # non-finite checks, JSON + TensorBoard scalars, progress with ETA in the log.
-custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.tasks.pretrain'], allow_failed_imports=False)
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.data.check', 'nepa_eval.tasks.pretrain'],
+                      allow_failed_imports=False)
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)
 val_cfg = None
@@ -16,6 +17,9 @@ default_hooks = dict(
     checkpoint=dict(type='NepaCheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     run_record=dict(type='RunRecordHook', task='pretrain'),  # config.py, scalars.jsonl, final_metrics.json
+    # unreadable images are skipped, logged and listed in final_metrics.json (bad_files); the run stops past
+    # max(min_files, max_fraction x the data) of them
+    bad_files=dict(type='BadFilesHook', max_fraction=0.001, min_files=100),
 )
 
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

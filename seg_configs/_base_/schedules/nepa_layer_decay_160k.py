@@ -19,5 +19,9 @@ custom_hooks = [
     dict(type='LayerDecayLRHook', warmup=1500, schedule='poly', power=1.0, min_lr_ratio=0.0,
          warmup_start_ratio=1e-6),
 ]
-# the self-describing run directory (config.py, scalars.jsonl, final_metrics.json), as every nepa-eval task writes
-default_hooks = dict(run_record=dict(type='RunRecordHook', task='seg'))
+# the self-describing run directory (config.py, scalars.jsonl, final_metrics.json), as every nepa-eval task writes;
+# bad files (unreadable images, annotations whose size differs from their image) are skipped by the datasets
+# `nepa-eval seg` wraps in SkipBadFiles, logged and listed in final_metrics.json (bad_files); the run stops past
+# max(min_files, max_fraction x the data) of them
+default_hooks = dict(run_record=dict(type='RunRecordHook', task='seg'),
+                     bad_files=dict(type='BadFilesHook', max_fraction=0.001, min_files=100))
