@@ -304,8 +304,9 @@ def test_layer_decay_groups_of_the_segmentor(tiny_segmentor):
         for p in g["params"]:
             by_name[id(p)] = g
     named = dict(model.named_parameters())
-    expect = {"backbone.patch_embed.proj.weight": rate ** L, "backbone.cls_token": rate ** L,
-              "backbone.blocks.0.attn.qkv.weight": rate ** (L - 1), "backbone.blocks.3.mlp.fc1.weight": 1.0,
+    # mmseg's exponents (its MAE recipe): embeddings L + 1, block i L - i, everything above the blocks 0
+    expect = {"backbone.patch_embed.proj.weight": rate ** (L + 1), "backbone.cls_token": rate ** (L + 1),
+              "backbone.blocks.0.attn.qkv.weight": rate ** L, "backbone.blocks.3.mlp.fc1.weight": rate,
               "decode_head.conv_seg.weight": 1.0, "neck.upsample_2x.0.weight": 1.0,
               "auxiliary_head.conv_seg.weight": 1.0}
     for name, scale in expect.items():

@@ -105,7 +105,7 @@ def test_train_then_evaluate_writes_the_run_directory(data, tiny_ckpt, tmp_path)
     for k in ("mIoU", "aAcc", "mAcc"):
         assert final[k] == pytest.approx(want[k], abs=0.0051), k  # mmseg rounds to 2 decimals
     assert "loaded" in final["backbone_load"] and final["causal"] is False
-    assert final["layer_decay"] == dict(rate=0.65, rate_end=None, ramp="constant")
+    assert final["layer_decay"] == dict(rate=0.65, rate_end=None, ramp="constant", exponents="mmseg")
     assert final["num_classes"] == 11 and final["reduce_zero_label"] is False
     assert (wd / "config.py").exists() and any("loss" in r for r in read_scalars(wd))
     # the resolved config holds the checkpoint's whole architecture; test-only rebuilds from it

@@ -234,8 +234,8 @@ class NepaHealthHook(Hook):
     def _check_trivial(self, runner, step: int) -> None:
         """After the first `trivial_checks` checks: at the loss floor on average -> the run is trivial (see the class)."""
         cos = runner.message_hub.log_scalars.get("train/cos")
-        if self.trivial_cos is None or cos is None or step > self.interval * self.trivial_checks:
-            return
+        if self.trivial_cos is None or cos is None or self.collapsed or step > self.interval * self.trivial_checks:
+            return  # a run already marked collapsed keeps that reason
         self._early.append(float(cos.current()))
         mean = sum(self._early) / len(self._early)
         if len(self._early) < self.trivial_checks or mean < self.trivial_cos:
