@@ -129,6 +129,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # three processes importing mmseg (~25 s); as the pretrain and cls gloo tests, in `make test-slow`
 def test_seg_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, mosaic, tiny_backbone):
     """torchrun --nproc_per_node 2 ... seg --launcher pytorch on a CPU (gloo): 2 x batch 2 trains the same weights
     and evaluates the same mIoU as 1 x batch 4 (no augmentation, no BatchNorm in the linear-head config)."""
