@@ -52,6 +52,16 @@ def add_runner_args(p: argparse.ArgumentParser, default_config: Optional[str] = 
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
+SCRATCH = ("none", "scratch", "random")  # --ckpt values that mean random initialisation
+
+
+def checkpoint_or_scratch(ckpt: Optional[str]) -> Optional[str]:
+    """--ckpt as given, or None for random initialisation ('none', 'scratch', 'random', unless such a file exists)."""
+    if ckpt is None or (str(ckpt).lower() in SCRATCH and not Path(ckpt).exists()):
+        return None
+    return str(ckpt)
+
+
 def resolve_config_path(path: str) -> Path:
     """A config path as given, or relative to the repository (cls_configs/..., seg_configs/...)."""
     for cand in (Path(path), ROOT / path):
@@ -357,7 +367,7 @@ def stop_on_bad_data(cfg: Config) -> None:
     """--check-data: every file of the config's data decoded first; BadFileError listing the bad ones (and the
     run marked failed) when there are any, before the Runner is built. Under torchrun only rank 0 checks (the
     others wait for it in the Runner's process-group set-up, and torchrun ends them if it fails)."""
-    from nepa_eval.data.bad_files import BadFileError, bad_file_limit, stop_collecting, summary
+    from nepa_eval.data.bad_files import BadFileError, bad_file_limit, describe, stop_collecting, summary
     from nepa_eval.data.check import check_data
 
     if int(os.environ.get("RANK", "0")) != 0:
@@ -366,9 +376,7 @@ def stop_on_bad_data(cfg: Config) -> None:
     if not bad:
         print(f"[nepa] --check-data: all {items} items decode", file=sys.stderr)
         return
-    msg = (f"--check-data: {len(bad)} bad file(s), training not started: "
-           + "; ".join(f"{b['file']} ({b['reason']})" for b in bad[:50])
-           + (f"; and {len(bad) - 50} more" if len(bad) > 50 else "")
+    msg = (f"--check-data: {len(bad)} bad file(s), training not started: {describe(bad, limit=50)}"
            + ". Fix or remove them, or run without --check-data to have them skipped (warned, counted, fatal only "
              "past the bound)")
     update_final(cfg.work_dir, status="failed", reason=msg, bad_files=summary(bad, bad_file_limit(items)), steps=0)

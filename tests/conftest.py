@@ -23,6 +23,30 @@ def official_dir():
     return FIXTURES
 
 
+SEG_TINY_ARCH = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, rope_rescale=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_mosaic(tmp_path_factory):
+    """A 16 + 8 canvas Fashion-MNIST mosaic set in the ADE20K layout, written once per test session."""
+    if not HAVE_FASHION:
+        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+    from nepa_eval.data.fashion import make_mosaic
+
+    root = tmp_path_factory.mktemp("mosaic")
+    make_mosaic(root, n_train=16, n_val=8, seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_backbone(tmp_path_factory) -> str:
+    """A random tiny NEPA (the seg CPU configs' architecture, causal as pretrained) saved as .safetensors."""
+    from backbones.nepa import NepaViT, save_checkpoint
+
+    torch.manual_seed(0)
+    return str(save_checkpoint(NepaViT(**SEG_TINY_ARCH, causal=True), tmp_path_factory.mktemp("ck") / "tiny.safetensors"))
+
+
 def tiny_kwargs(**kw):
     """A very small NEPA config for fast CPU tests (head_dim 16, so RoPE has 4 frequencies per axis)."""
     base = dict(embed_dim=32, depth=2, num_heads=2, mlp_hidden=64, img_size=28, patch_size=7, rope_rescale=None)

@@ -12,15 +12,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from backbones.nepa import NepaViT, save_checkpoint
-from conftest import FASHION, ROOT
+from conftest import ROOT, SEG_TINY_ARCH as TINY_ARCH, needs_fashion
 
 PRETRAIN_CONFIGS = ["cls_configs/pretrain/nepa_tiny_fmnist.py", "cls_configs/pretrain/nepa_tiny_fmosaic.py",
                     "cls_configs/pretrain/nepa_b_release.py", "cls_configs/pretrain/nepa_l_release.py"]
 LINEAR_SEG = "seg_configs/nepa/nepa-t_linear_fashion-mosaic-56x56_cpu.py"
-TINY_ARCH = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, rope_rescale=None)
-needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
-                                   reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
 
 
 def _hook_types(runner) -> list[str]:
@@ -70,20 +66,13 @@ def test_plain_runner_trains_a_pretraining_config_as_nepa_eval_does(tmp_path):
 # segmentation: one read of the checkpoint; torchrun with gloo on CPUs
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def mosaic(tmp_path_factory):
-    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
-    from nepa_eval.data.fashion import make_mosaic
-
-    root = tmp_path_factory.mktemp("mosaic")
-    make_mosaic(root, n_train=16, n_val=8, seed=3)
-    return root
+def mosaic(tiny_mosaic):
+    return tiny_mosaic
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_checkpoint(NepaViT(**TINY_ARCH, causal=True), tmp_path_factory.mktemp("ck") / "tiny.safetensors")
+def tiny_backbone(tiny_seg_backbone):
+    return Path(tiny_seg_backbone)
 
 
 def test_a_seg_run_reads_its_checkpoint_once(tmp_path, mosaic, tiny_backbone, monkeypatch):

@@ -17,31 +17,24 @@ pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is no
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.registry import HOOKS  # noqa: E402
 
-from backbones.nepa import NepaViT, save_checkpoint  # noqa: E402
-from conftest import HAVE_FASHION, ROOT  # noqa: E402
+from backbones.nepa import NepaViT  # noqa: E402
+from conftest import ROOT  # noqa: E402
 from nepa_eval.cli import main as cli  # noqa: E402
 from nepa_eval.engine import read_final, read_scalars  # noqa: E402
-from nepa_eval.data.fashion import make_mosaic  # noqa: E402
 
 TINY = "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"
-TINY_ARCH = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, rope_rescale=None)
 FAST = ["train_dataloader.batch_size=4", "val_dataloader.batch_size=8", "test_dataloader.batch_size=8",
         "model.decode_head.channels=16", "model.auxiliary_head.channels=8"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    if not HAVE_FASHION:
-        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
-    root = tmp_path_factory.mktemp("mosaic")
-    make_mosaic(root, n_train=16, n_val=8, seed=2)
-    return root
+def data(tiny_mosaic):
+    return tiny_mosaic
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    return str(save_checkpoint(NepaViT(**TINY_ARCH, causal=True), tmp_path_factory.mktemp("ck") / "tiny.safetensors"))
+def tiny_ckpt(tiny_seg_backbone):
+    return tiny_seg_backbone
 
 
 @HOOKS.register_module()

@@ -15,13 +15,12 @@ import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn as nn
 
 from .hub import HubCheckpoint, HubError, parse_hub_id, resolve as resolve_hub_id  # huggingface_hub: lazily
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # type names only: the model file imports the door, never the other way round
     from .model import NepaViT

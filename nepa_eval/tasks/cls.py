@@ -7,8 +7,9 @@ applies. Training uses timm's Mixup/CutMix and losses. `ClsValLoop` evaluates th
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,6 +30,20 @@ from nepa_eval.engine import update_final
 RUNTIME_FIELDS = ("causal", "drop_path_rate", "rope_rescale", "pad_to_patch", "global_pool")
 
 
+@contextmanager
+def _named_checkpoint_errors(ckpt: str) -> Iterator[None]:
+    """Errors of reading `ckpt` as a CheckpointError naming the file (and what a mangled one is not)."""
+    try:
+        yield
+    except CheckpointError as e:
+        if str(ckpt) in str(e):
+            raise
+        raise CheckpointError(f"{ckpt}: {e}") from e
+    except (KeyError, IndexError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}: not a NEPA backbone checkpoint (no ViT blocks / patch embedding found: "
+                              f"{type(e).__name__} {e}). Give a NEPA pretraining or fine-tuning checkpoint, or a "
+                              "release model directory.") from e
+
 
 def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, num_classes: Optional[int] = 0,
                    verbose: bool = True, ema: bool = False) -> NepaViT:
@@ -39,16 +54,8 @@ def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, 
     size, model_name = kw.pop("size", None), kw.pop("model_name", None)
     if ckpt:
         overrides = {k: kw[k] for k in RUNTIME_FIELDS if k in kw}
-        try:
+        with _named_checkpoint_errors(ckpt):
             model = from_pretrained(ckpt, ema=ema, num_classes=num_classes, verbose=verbose, **overrides)
-        except CheckpointError as e:
-            if str(ckpt) in str(e):
-                raise
-            raise CheckpointError(f"{ckpt}: {e}") from e
-        except (KeyError, IndexError, AttributeError, TypeError) as e:
-            raise CheckpointError(f"{ckpt}: not a NEPA backbone checkpoint (no ViT blocks / patch embedding "
-                                  f"found: {type(e).__name__} {e}). Give a NEPA pretraining or fine-tuning "
-                                  "checkpoint, or a release model directory.") from e
         return model.train()
     if model_name is not None:  # the timm-registered model (importing backbones registers nepa_*)
         import timm
@@ -259,7 +266,6 @@ DEFAULT_CONFIGS = {
     "linear": "cls_configs/linear/nepa-b_in1k.py",
     "knn": "cls_configs/linear/knn_in1k.py",
 }
-SCRATCH = ("none", "scratch", "random")
 
 
 def set_data(cfg: Any, value: str) -> None:
@@ -307,16 +313,10 @@ def _checkpoint_head(ckpt: str, ema: bool) -> tuple[int, list[str]]:
     checkpoint is held for the model the Runner builds, so the run reads the file once."""
     from backbones.nepa.checkpoint import hold_checkpoint, resolve_config, to_nepa_state_dict
 
-    try:
+    with _named_checkpoint_errors(ckpt):
         raw = hold_checkpoint(ckpt, ema=ema)
         sd, notes = to_nepa_state_dict(raw)
         arch = resolve_config(raw, sd, notes)
-    except CheckpointError as e:
-        raise e if str(ckpt) in str(e) else CheckpointError(f"{ckpt}: {e}") from e
-    except (KeyError, IndexError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{ckpt}: not a NEPA backbone checkpoint (no ViT blocks / patch embedding found: "
-                              f"{type(e).__name__} {e}). Give a NEPA pretraining or fine-tuning checkpoint, or a "
-                              "release model directory.") from e
     classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else int(arch.get("num_classes") or 0)
     missing = [k for k in ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias") if k not in sd] if classes else []
     return classes, missing
@@ -331,7 +331,7 @@ def _mixup_active(model_cfg: Any) -> bool:
 def build_cfg(args: Any) -> Any:
     """The resolved config of a classification run: protocol, checkpoint (read once, checked), data and class
     count, best-checkpoint rule, and for eval-only a test-only config (no training parts)."""
-    from nepa_eval.engine import load_config
+    from nepa_eval.engine import checkpoint_or_scratch, load_config
 
     if not args.config:
         args.config = DEFAULT_CONFIGS[args.protocol or "finetune"]
@@ -346,7 +346,7 @@ def build_cfg(args: Any) -> Any:
     ckpt = args.ckpt if args.ckpt is not None else cfg.model.get("ckpt")
     if ckpt is None:
         raise ValueError("give --ckpt PATH (a NEPA checkpoint), or --ckpt none to train from random initialisation")
-    ckpt = None if (str(ckpt).lower() in SCRATCH and not Path(ckpt).exists()) else str(ckpt)
+    ckpt = checkpoint_or_scratch(ckpt)
     eval_only = bool(getattr(args, "eval_only", False))
     if ckpt is None and (protocol != "finetune" or eval_only):
         raise ValueError(f"{'--eval-only' if eval_only else '--protocol ' + protocol} needs a checkpoint "

@@ -27,7 +27,7 @@ from nepa_eval.data import DataError
 from nepa_eval.data import bad_files
 from nepa_eval.data.check import wrap_datasets
 from nepa_eval.data.seg import IGNORE_INDEX, check_seg_root, resolve_ade_root  # registers FashionMosaicDataset
-from nepa_eval.engine import ROOT, build_runner, load_config, read_final, train, update_final
+from nepa_eval.engine import ROOT, build_runner, checkpoint_or_scratch, load_config, read_final, train, update_final
 from nepa_eval.layer_decay import layer_decay_of
 
 
@@ -41,9 +41,6 @@ MAE_CONFIG = "mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"
 # ----------------------------------------------------------------------------------------------
 # checkpoints and configs
 # ----------------------------------------------------------------------------------------------
-SCRATCH = ("none", "scratch", "random")
-
-
 def checkpoint_info(path: str) -> dict[str, Any]:
     """What a checkpoint is: {'arch': NepaConfig fields, 'size': name or None, 'segmentor': bool, 'fmt': str}.
 
@@ -120,9 +117,7 @@ def build_cfg(args: argparse.Namespace) -> Config:
     """The resolved config: picked from the checkpoint's size, the checkpoint's whole architecture written into
     model.backbone.arch (the file read once), weights, data, inference mode and AMP; `seg_run` records what was
     resolved (it goes into final_metrics.json)."""
-    ckpt = args.ckpt
-    if ckpt is not None and str(ckpt).lower() in SCRATCH and not Path(ckpt).exists():
-        ckpt = None
+    ckpt = checkpoint_or_scratch(args.ckpt)
     info = checkpoint_info(ckpt) if ckpt else None
     if not args.config:
         if info is None:
@@ -161,18 +156,22 @@ def build_cfg(args: argparse.Namespace) -> Config:
     if args.data_root:
         run["data_root"] = str(set_data_root(cfg, args.data_root))
     wrap_datasets(cfg)  # bad files skipped (the next good item), reported, counted (nepa_eval.data.check)
-    if args.inference == "whole":
-        cfg.model.test_cfg = dict(mode="whole")
-    elif args.inference == "slide":
-        crop = cfg.get("crop_size", (512, 512))
-        cfg.model.test_cfg = dict(mode="slide", crop_size=tuple(crop),
-                                  stride=tuple(int(round(c * 2 / 3)) for c in crop))
+    set_inference(cfg, args.inference)
     run["inference"] = cfg.model.get("test_cfg", {}).get("mode", "whole")
     run["test_only"] = bool(args.test_only)
     if args.amp:
         _enable_amp(cfg)
     cfg.seg_run = run
     return cfg
+
+
+def set_inference(cfg: Config, mode: Optional[str]) -> None:
+    """Test-time mode: 'whole' image, 'slide' windows (the config's crop, 2/3 stride), or the config's (None/'config')."""
+    if mode == "whole":
+        cfg.model.test_cfg = dict(mode="whole")
+    elif mode == "slide":
+        crop = tuple(cfg.get("crop_size", (512, 512)))
+        cfg.model.test_cfg = dict(mode="slide", crop_size=crop, stride=tuple(int(round(c * 2 / 3)) for c in crop))
 
 
 def _enable_amp(cfg: Config) -> None:
@@ -294,11 +293,7 @@ def predict(config: str, checkpoint: str, images: list[str], inference: Optional
 
     cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
-    if inference == "whole":
-        cfg.model.test_cfg = dict(mode="whole")
-    elif inference == "slide":
-        crop = tuple(cfg.get("crop_size", (512, 512)))
-        cfg.model.test_cfg = dict(mode="slide", crop_size=crop, stride=tuple(int(round(c * 2 / 3)) for c in crop))
+    set_inference(cfg, inference)
     model = init_model(cfg, None, device=device)
     from mmengine.runner import load_checkpoint
 
