@@ -4,7 +4,10 @@ tiny:  runs every row on Fashion-MNIST on the CPU (each stage a `nepa-eval pretr
        in <run>/console.log, a progress bar per run), then writes the table with `nepa-eval report`.
 paper: writes each row's config (a few lines over the release-scale config) and the torchrun commands to submit;
        `nepa-eval report --runs <dir>` picks the run directories up afterwards.
-Run directories: <work-dir>/<scale>/<table>/<row>/<stage>; a finished run is reused unless --force.
+Run directories: <work-dir>/<scale>/<table>/<row>/<stage> (seed k > 0 of `--seeds N`: <row>/seed<k>/<stage>);
+a finished run is reused unless --force.
+Rows of our own: `init: random` runs the table's stages after pretraining from random initialisation (`--ckpt
+none`); `task: pixels` runs `nepa-eval pixels` on the classification stage's data (tiny scale only).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nepa_eval.engine import ROOT, read_final, update_final
-from nepa_eval.report import Row, TableSpec, load_spec, read_config, run_report, scalars_of
+from nepa_eval.report import PIXELS_TASK, Row, TableSpec, load_spec, read_config, run_report, scalars_of
 
 REUSE = ("ok", "collapsed", "diverged", "trivial")  # finished runs; "failed" (a crash) and "running" (killed) run again
 COMMAND_FILE = "ablate_command.txt"  # the command that made the run: a run made by another command is redone
@@ -36,8 +39,10 @@ def stages_to_run(spec: TableSpec, scale: str) -> list[str]:
 
 
 def rows_to_run(spec: TableSpec, scale: str, only: Optional[str]) -> list[Row]:
-    """Rows with runs: not reference rows, and at tiny scale not the Large model rows."""
-    rows = [r for r in spec.rows if not r.reference and (scale == "paper" or r.size != "large")]
+    """Rows with runs: not reference rows, not rows of the other scale, at tiny scale not the Large model rows, at
+    paper scale not the raw-pixel references."""
+    rows = [r for r in spec.rows if not r.reference and r.scale in (None, scale)
+            and (scale == "paper" or r.size != "large") and (scale == "tiny" or r.task is None)]
     if only:
         want = [w.strip() for w in only.split(",") if w.strip()]
         for w in want:
@@ -66,12 +71,13 @@ def _fmt(v: Any) -> str:
 
 def stage_command(spec: TableSpec, scale: str, row: Row, stage: str, work_dir: Path, ckpt: Optional[str],
                   extra: Optional[dict[str, Any]] = None) -> list[str]:
-    """`nepa-eval <stage>` arguments for one row's stage (without the interpreter or launcher)."""
-    s = stage_setting(spec, scale, stage)
+    """`nepa-eval <stage>` arguments for one row's stage (without the interpreter or launcher). The 'pixels' stage
+    reads the data of the classification stage's config."""
+    s = stage_setting(spec, scale, "cls" if stage == PIXELS_TASK else stage)
     config = s.get("large" if row.size == "large" else "config", s["config"])
     fill = {"data_root": str(s.get("data_root", ""))}
     cmd = [stage, "--config", str(config), "--work-dir", str(work_dir)]
-    cmd += [str(a).format(**fill) for a in s.get("args", [])]
+    cmd += [str(a).format(**fill) for a in s.get("args", []) if stage != PIXELS_TASK]
     if ckpt is not None:
         cmd += ["--ckpt", ckpt]
     opts = {**(s.get("options") or {}), **(extra or {}), **row.keys.get(stage, {})}
@@ -195,22 +201,36 @@ def run_tiny(spec: TableSpec, args: argparse.Namespace) -> Path:
         base_ckpt = backbone_file(base_dir)
     if "seg" in stages and not args.dry_run:
         ensure_mosaic(str(stage_setting(spec, "tiny", "seg").get("data_root")), args.quiet)
+    seeds = max(1, int(getattr(args, "seeds", 1) or 1))
     for i, row in enumerate(rows, 1):
-        ckpt = base_ckpt
-        for stage in stages:
-            run_dir = root / row.name / stage
-            argv = stage_command(spec, "tiny", row, stage, run_dir, ckpt, args.cfg_options)
-            desc = f"[{i}/{len(rows)}] {row.name}: {stage}"
-            if args.dry_run:
-                print("nepa-eval " + shlex.join(argv))
-                status = "ok"
-            else:
-                status = ensure_stage(argv, run_dir, desc, args.force, args.quiet)
-            if status != "ok":
-                break  # a collapsed / trivial pretraining is the row's result ("fail"); nothing to fine-tune
-            if stage == "pretrain":
-                ckpt = backbone_file(run_dir)
+        for seed in range(seeds if row.task is None else 1):  # the pixel references have no seed
+            row_dir = root / row.name / (f"seed{seed}" if seed else "")
+            extra = {**args.cfg_options, **({"randomness.seed": seed} if seed else {})}  # seed 0: the configs' own
+            ckpt = "none" if row.init == "random" else base_ckpt
+            for stage in row_stages(row, stages):
+                run_dir = row_dir / stage
+                argv = stage_command(spec, "tiny", row, stage, run_dir, ckpt, extra)
+                desc = f"[{i}/{len(rows)}] {row.name}{f' seed {seed}' if seeds > 1 else ''}: {stage}"
+                if args.dry_run:
+                    print("nepa-eval " + shlex.join(argv))
+                    status = "ok"
+                else:
+                    status = ensure_stage(argv, run_dir, desc, args.force, args.quiet)
+                if status != "ok":
+                    break  # a collapsed / trivial pretraining is the row's result ("fail"); nothing to fine-tune
+                if stage == "pretrain":
+                    ckpt = backbone_file(run_dir)
     return root
+
+
+def row_stages(row: Row, stages: list[str]) -> list[str]:
+    """The stages one row runs: the pixel references one run of their own; a random-init row the stages after
+    pretraining."""
+    if row.task is not None:
+        return [row.task]
+    if row.init == "random":
+        return [s for s in stages if s != "pretrain"]
+    return stages
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,7 +281,9 @@ def write_paper(spec: TableSpec, args: argparse.Namespace) -> Path:
         ckpt = args.ckpt if row.size != "large" else "${NEPA_L_CKPT:?set NEPA_L_CKPT to a pretrained NEPA-L}"
         if stages[0] == "pretrain":
             ckpt = None
-        for stage in stages:
+        if row.init == "random":
+            ckpt = "none"
+        for stage in row_stages(row, stages):
             s = stage_setting(spec, "paper", stage)
             base = s.get("large" if row.size == "large" else "config", s["config"])
             keys = {**(s.get("options") or {}), **args.cfg_options, **row.keys.get(stage, {})}
@@ -302,7 +324,10 @@ def run(args: argparse.Namespace) -> int:
     res = results[0]
     print(f"[nepa] ablate {spec.name}: {time.time() - t0:.0f}s")
     for c in res.cells:
+        if c.status == "reference":
+            continue
+        spread = f" ± {c.spread_text}" if c.std is not None else ""
         print(f"  {c.row.label:40s} paper {str(c.row.paper if c.row.paper is not None else '-'):>6s}   ours "
-              f"{c.ours_text or c.status:>7s} {c.metric:9s} {('agrees: ' + c.agrees) if c.agrees else ''}")
+              f"{(c.ours_text or c.status) + spread:>14s} {c.metric:12s} {('agrees: ' + c.agrees) if c.agrees else ''}")
     print(f"CSV: {res.csv}\nsummary: {summary}")
     return 0

@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "cls": "ImageNet-style classification: fine-tune, linear probe or k-NN",
     "seg": "semantic segmentation: NEPA + UPerNet in mmsegmentation (ADE20K layout)",
     "knn": "k-NN accuracy of frozen features (DINO style)",
+    "pixels": "raw-pixel references (k-NN, linear classifier) on a classification config's data",
     "convert": "convert any supported checkpoint to nepa-eval's format",
     "inspect": "print what a checkpoint holds and how it would load",
     "report": "regenerate the paper's tables as CSV and plots from run directories",

@@ -5,6 +5,12 @@ run's resolved config.py, per stage: pretrain / cls / seg) and the paper's value
 keys it matches, the most specific row when several do; a fine-tuning run also inherits the row keys of the
 pretraining run it started from (found through the checkpoint path in its config). A collapsed, diverged or
 failed run gives "fail", as the paper prints it; a row without runs is "missing".
+
+Rows of our own beside the paper's: `init: random` (the same stages from random initialisation: the reference a
+pretraining must beat), `task: pixels` (classifiers on raw pixels, no network), and `scale: tiny|paper` (a row
+that only takes runs of that scale, read from the run config's `run_scale`, 'paper' when absent). Runs of one
+row that differ only in their seed (`randomness.seed`) are averaged: the cell holds mean and std, and `agrees`
+is set only where the direction holds beyond the spread.
 """
 from __future__ import annotations
 
@@ -24,7 +30,10 @@ from .engine import FINAL, SCALARS, read_final
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_DIR = ROOT / "reports"
 FAIL_STATUSES = ("failed", "collapsed", "diverged", "trivial")
-CSV_COLUMNS = ("row", "label", "paper", "ours", "metric", "status", "agrees", "run", "reason")
+CSV_COLUMNS = ("row", "label", "paper", "ours", "std", "seeds", "metric", "scale", "status", "agrees", "run", "reason")
+SCALES = {"tiny": "tiny (Fashion-MNIST, CPU)", "paper": "paper (ImageNet-1k / ADE20K)"}
+PIXELS_TASK = "pixels"  # the task of the raw-pixel reference runs (nepa_eval/tasks/pixels.py)
+PIXELS_METRIC = "linear_top1"  # their main value: a linear classifier on the pixels (their k-NN is a column)
 HEALTH_KEYS = ("cos", "out_std", "eff_rank")
 
 
@@ -42,6 +51,11 @@ class Row:
     match: dict[str, dict[str, Any]]  # stage -> keys matched but not set (e.g. the model size)
     reference: bool = False  # a published baseline: a paper value only
     size: str = "base"
+    init: str = "pretrained"  # 'random': the table's later stages from random initialisation, no pretraining
+    task: Optional[str] = None  # 'pixels': filled by the raw-pixel reference run, not by the table's stages
+    scale: Optional[str] = None  # 'tiny' / 'paper': takes only runs of that scale (None: any)
+    expect: Optional[str] = None  # 'below' / 'above' the baseline, for rows without a paper value (random init)
+    versus: Optional[str] = None  # compare with this row instead of the table's baseline
 
     def wants(self, stage: str) -> dict[str, Any]:
         """Every key a run of this stage must hold to belong to the row."""
@@ -61,6 +75,7 @@ class TableSpec:
     baseline: Optional[str] = None
     scales: dict[str, Any] = field(default_factory=dict)
     path: Optional[Path] = None
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra columns: name -> label, metrics
 
     @property
     def stage_names(self) -> list[str]:
@@ -95,20 +110,31 @@ def load_spec(name: str | os.PathLike, spec_dir: Path = SPEC_DIR) -> TableSpec:
             raise ValueError(f"{p}: stage {s!r} needs a 'metric'")
     rows = []
     for r in d["rows"]:
-        unknown = set(r) - {"name", "label", "paper", "reference", "size", "match", *stages}
+        unknown = set(r) - {"name", "label", "paper", "reference", "size", "match", "init", "task", "scale", "expect", "versus",
+                            *stages}
         if unknown:
             raise ValueError(f"{p}: row {r.get('name')!r} has unknown fields {sorted(unknown)} "
                              f"(stages are {list(stages)})")
         rows.append(Row(name=str(r["name"]), label=str(r.get("label", r["name"])), paper=r.get("paper"),
                         keys={s: dict(r.get(s) or {}) for s in stages if r.get(s) is not None},
                         match={s: dict(v or {}) for s, v in (r.get("match") or {}).items()},
-                        reference=bool(r.get("reference", False)), size=str(r.get("size", "base"))))
+                        reference=bool(r.get("reference", False)), size=str(r.get("size", "base")),
+                        init=str(r.get("init", "pretrained")), task=r.get("task"), scale=r.get("scale"),
+                        expect=r.get("expect"), versus=r.get("versus")))
+        bad = [(f, v, ok) for f, v, ok in (("init", rows[-1].init, ("pretrained", "random")),
+                                            ("task", rows[-1].task, (None, PIXELS_TASK)),
+                                            ("scale", rows[-1].scale, (None, *SCALES)),
+                                            ("expect", rows[-1].expect, (None, "below", "above"))) if v not in ok]
+        if bad:
+            raise ValueError(f"{p}: row {rows[-1].name!r}: " + "; ".join(f"{f} {v!r} is not one of {ok}"
+                                                                           for f, v, ok in bad))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"{p}: duplicate row names")
     baseline = d.get("baseline")
-    if baseline is not None and baseline not in names:
-        raise ValueError(f"{p}: baseline {baseline!r} is not a row")
+    for b in [baseline] + [r.versus for r in rows]:
+        if b is not None and b not in names:
+            raise ValueError(f"{p}: baseline {b!r} is not a row")
     scales = {}
     shared = spec_dir / "_scales.yaml"
     if shared.is_file():
@@ -118,7 +144,8 @@ def load_spec(name: str | os.PathLike, spec_dir: Path = SPEC_DIR) -> TableSpec:
     return TableSpec(name=str(d["name"]), title=str(d.get("title", d["name"])),
                      paper_metric=str(d.get("paper_metric", "")), stages=stages,
                      defaults={s: dict(v or {}) for s, v in (d.get("defaults") or {}).items()}, rows=rows,
-                     baseline=baseline, scales=scales, path=p)
+                     baseline=baseline, scales=scales, path=p,
+                     columns={str(k): dict(v or {}) for k, v in (d.get("columns") or {}).items()})
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -190,6 +217,24 @@ class Run:
     @property
     def failed(self) -> bool:
         return self.status in FAIL_STATUSES
+
+    @property
+    def scale(self) -> str:
+        """'tiny' or 'paper': the config's `run_scale` (the tiny configs set it; absent means paper)."""
+        return str(self.config.get("run_scale") or "paper")
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("randomness.seed")
+
+    @property
+    def from_scratch(self) -> bool:
+        """A fine-tuning (cls / seg) that started from random initialisation, not from a checkpoint."""
+        if self.task not in ("cls", "seg"):
+            return False
+        if "ckpt" in self.final:
+            return self.final["ckpt"] in (None, "", "none", "random-init")
+        return "model.ckpt" in self.config and self.config["model.ckpt"] in (None, "", "none")
 
     @property
     def mtime(self) -> float:
@@ -324,10 +369,18 @@ def _stage_score(spec: TableSpec, row: Row, stage: str, run: Run) -> Optional[in
 
 def row_score(spec: TableSpec, row: Row, run: Run) -> Optional[int]:
     """Match score of a run (with its lineage) for a row; None when it does not belong to the row."""
+    if row.reference or (row.scale is not None and run.scale != row.scale):
+        return None
+    if row.task is not None:  # a raw-pixel reference row takes the reference runs, nothing else
+        return 0 if run.task == row.task else None
     stages = spec.stage_names
-    if run.task not in stages or row.reference:
+    if run.task not in stages:
         return None
     chain = {r.task: r for r in run.lineage() if r.task in stages}
+    if (row.init == "random") != run.from_scratch:
+        return None
+    if row.init == "random" and any(s in chain for s in stages[: stages.index(run.task)]):
+        return None
     total = 0
     for stage in stages[: stages.index(run.task) + 1]:
         r = chain.get(stage)
@@ -336,6 +389,12 @@ def row_score(spec: TableSpec, row: Row, run: Run) -> Optional[int]:
                 return None
             continue
         s = _stage_score(spec, row, stage, r)
+        if s is None:
+            return None
+        total += s
+    for stage in set(row.match) - set(stages):  # e.g. a fine-tune table's row that names its pretraining
+        r = next((x for x in run.lineage() if x.task == stage), None)
+        s = None if r is None else _stage_score(spec, row, stage, r)
         if s is None:
             return None
         total += s
@@ -357,7 +416,7 @@ def assign_runs(spec: TableSpec, runs: list[Run]) -> dict[str, list[Run]]:
 
 @dataclass
 class Cell:
-    """The table cell of one row: our value, its metric, status and the run it came from."""
+    """The table cell of one row: our value (the mean over seeds), its spread, metric, status and runs."""
 
     row: Row
     ours: Optional[float] = None
@@ -365,8 +424,12 @@ class Cell:
     status: str = "missing"
     run: Optional[Run] = None
     reason: str = ""
-    agrees: str = ""  # direction vs the baseline row: yes / no / "" (not decidable)
+    agrees: str = ""  # direction vs the baseline row: yes / no / within spread / "" (not decidable)
     runs: list[Run] = field(default_factory=list)
+    std: Optional[float] = None  # sample std over seeds (None: one seed)
+    seeds: int = 0  # seeds that make the value (failed ones excluded)
+    extras: dict[str, Optional[float]] = field(default_factory=dict)  # the table's extra columns
+    scale: str = ""
 
     @property
     def ours_text(self) -> str:
@@ -374,65 +437,129 @@ class Cell:
             return "fail"
         return "" if self.ours is None else f"{self.ours:.2f}"
 
+    @property
+    def spread_text(self) -> str:
+        return "" if self.std is None else f"{self.std:.2f}"
+
 
 def _pick(runs: list[Run]) -> Run:
     """Of several runs of one row and stage: a finished one over a running one, then the newest."""
     return max(runs, key=lambda r: (r.status != "running", r.mtime))
 
 
+def _seed_key(run: Run) -> tuple:
+    """The seeds of a run and the runs it started from: runs that differ only here are replicates of one row."""
+    return tuple(r.seed for r in run.lineage())
+
+
 def _common_stage(spec: TableSpec, assigned: dict[str, list[Run]]) -> Optional[str]:
     """The deepest stage that every row with healthy runs reached, so that one table compares one metric."""
-    reached = [{r.task for r in runs} for runs in assigned.values()
-               if runs and not any(x.failed for r in runs for x in r.lineage())]
+    reached = [{r.task for r in runs} for name, runs in assigned.items()
+               if runs and spec.row(name).task is None and not any(x.failed for r in runs for x in r.lineage())]
     return next((s for s in reversed(spec.stage_names) if reached and all(s in t for t in reached)), None)
+
+
+def _metric_of(run: Run, names: list[str]) -> Optional[float]:
+    """The first of `names` that the run, or else a run it started from, recorded."""
+    for r in reversed(run.lineage()):
+        for n in names:
+            if (v := r.metric(n)) is not None:
+                return v
+    return None
+
+
+def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None)
+
+
+def _fill(spec: TableSpec, cell: Cell, at: list[Run], metric: str) -> None:
+    """The cell's value from its runs at one stage: one run per seed (the newest), failed seeds counted apart."""
+    by_seed: dict[tuple, list[Run]] = {}
+    for r in at:
+        by_seed.setdefault(_seed_key(r), []).append(r)
+    chosen = [_pick(rs) for rs in by_seed.values()]
+    cell.run = max(chosen, key=lambda r: r.mtime)
+    cell.scale = cell.run.scale
+    bad = [(r, next(x for x in r.lineage() if x.failed)) for r in chosen if any(x.failed for x in r.lineage())]
+    good = [r for r in chosen if r.status != "running" and all(not x.failed for x in r.lineage())]
+    if len(bad) * 2 > len(chosen):  # most seeds failed: the row failed, as the paper prints it
+        run, why = bad[0]
+        cell.run, cell.status = run, "fail"
+        cell.reason = f"{why.task} {why.status}" + (f": {why.reason}" if why.reason else "")
+        if len(chosen) > 1:
+            cell.reason = f"{len(bad)} of {len(chosen)} seeds failed; " + cell.reason
+        return
+    if not good:
+        cell.status = "running"
+        return
+    cell.metric = metric
+    values = [v for r in good if (v := r.metric(metric)) is not None]
+    if not values:
+        cell.status, cell.reason = "no metric", f"{metric} not in {good[0].path / FINAL}"
+        return
+    cell.status, cell.seeds = "ok", len(values)
+    cell.ours, cell.std = _mean_std(values)
+    if bad:
+        cell.reason = f"{len(bad)} of {len(chosen)} seeds failed (not in the mean)"
+    for name, col in spec.columns.items():
+        vals = [v for r in good if (v := _metric_of(r, list(col.get("metrics") or [name]))) is not None]
+        cell.extras[name] = _mean_std(vals)[0] if vals else None
 
 
 def build_cells(spec: TableSpec, runs: list[Run]) -> list[Cell]:
     """One cell per row: the deepest stage all healthy rows reached decides (else the row's deepest); a failed run
-    anywhere in the chosen run's lineage is 'fail'."""
+    anywhere in the chosen run's lineage is 'fail'; replicates over seeds are averaged."""
     assigned = assign_runs(spec, runs)
     common = _common_stage(spec, assigned)
     cells = []
     for row in spec.rows:
-        cell = Cell(row=row, runs=assigned[row.name])
+        cell = Cell(row=row, runs=assigned[row.name], scale="paper" if row.reference else "")
+        cell.extras = {name: None for name in spec.columns}
         if row.reference:
             cell.status = "reference"
+        elif cell.runs and row.task is not None:  # raw-pixel references: the newest run's numbers
+            _fill(spec, cell, [_pick(cell.runs)], PIXELS_METRIC)
         elif cell.runs:
             at = [r for r in cell.runs if r.task == common]
             if not at:
                 deepest = max(cell.runs, key=lambda r: spec.stage_names.index(r.task)).task
                 at = [r for r in cell.runs if r.task == deepest]
-            run = cell.run = _pick(at)
-            bad = next((r for r in run.lineage() if r.failed), None)
-            if bad is not None:
-                cell.status, cell.reason = "fail", f"{bad.task} {bad.status}" + (f": {bad.reason}" if bad.reason else "")
-            elif run.status == "running":
-                cell.status = "running"
-            else:
-                cell.metric = spec.stages[run.task]["metric"]
-                cell.ours = run.metric(cell.metric)
-                cell.status = "ok" if cell.ours is not None else "no metric"
-                if cell.ours is None:
-                    cell.reason = f"{cell.metric} not in {run.path / FINAL}"
+            _fill(spec, cell, at, spec.stages[at[0].task]["metric"])
         cells.append(cell)
     _mark_agreement(spec, cells)
     return cells
 
 
 def _mark_agreement(spec: TableSpec, cells: list[Cell]) -> None:
-    """Direction check against the baseline row: both fail, or both higher / both lower than the baseline."""
-    base = next((c for c in cells if c.row.name == spec.baseline), None)
+    """Direction check against the baseline row: both fail, or both higher / both lower than the baseline (a row
+    without a paper value may state `expect: below|above`, and
+    `versus: ROW` to be compared with that row). With seeds, a difference within the two rows' summed
+    std is 'within spread', neither yes nor no."""
+    by_name = {c.row.name: c for c in cells}
     for c in cells:
-        if base is None or c is base or c.row.reference or c.row.paper is None or c.status not in ("ok", "fail"):
+        base = by_name.get(c.row.versus or spec.baseline or "")
+        if (base is None or c is base or c.row.reference or c.status not in ("ok", "fail")
+                or (c.row.paper is None and c.row.expect is None)):
             continue
         paper_fail, ours_fail = _is_fail(c.row.paper), c.status == "fail"
         if paper_fail or ours_fail:
             c.agrees = "yes" if paper_fail == ours_fail else "no"
             continue
-        if base.status != "ok" or _is_fail(base.row.paper) or base.ours is None or base.metric != c.metric:
+        same_metric = base.metric == c.metric or c.row.task is not None  # pixels: a top-1 on the same data
+        if base.status != "ok" or _is_fail(base.row.paper) or base.ours is None or not same_metric:
             continue
-        dp, do = float(c.row.paper) - float(base.row.paper), c.ours - base.ours
-        c.agrees = "yes" if (dp > 0) == (do > 0) or dp == 0 else "no"
+        if c.row.expect is not None:
+            dp = 1.0 if c.row.expect == "above" else -1.0
+        else:
+            dp = float(c.row.paper) - float(base.row.paper)
+        do = c.ours - base.ours
+        spread = (c.std or 0.0) + (base.std or 0.0)
+        if dp != 0 and abs(do) <= spread:
+            c.agrees = "within spread"
+        else:
+            c.agrees = "yes" if (dp > 0) == (do > 0) or dp == 0 else "no"
 
 
 def _is_fail(v: Any) -> bool:
@@ -448,11 +575,12 @@ def write_csv(spec: TableSpec, cells: list[Cell], out: Path) -> Path:
     path = out / f"{spec.name}.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
+        w.writerow(CSV_COLUMNS + tuple(spec.columns))
         for c in cells:
             paper = "" if c.row.paper is None else c.row.paper
-            w.writerow([c.row.name, c.row.label, paper, c.ours_text, c.metric, c.status, c.agrees,
-                        str(c.run.path) if c.run else "", c.reason])
+            w.writerow([c.row.name, c.row.label, paper, c.ours_text, c.spread_text, c.seeds or "", c.metric, c.scale,
+                        c.status, c.agrees, str(c.run.path) if c.run else "", c.reason]
+                       + [_num(c.extras.get(k)) for k in spec.columns])
     return path
 
 
@@ -569,15 +697,25 @@ def plot_curves(spec: TableSpec, cells: list[Cell], out: Path, keys: Optional[li
     return path
 
 
-def markdown_table(cells: list[Cell]) -> str:
-    head = "| row | paper | ours | metric | status | agrees | run |\n|---|---|---|---|---|---|---|\n"
+def _num(v: Optional[float]) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def markdown_table(cells: list[Cell], columns: Optional[dict[str, dict[str, Any]]] = None) -> str:
+    """The cells as a Markdown table: ours as mean ± std where there are several seeds, the scale of each number."""
+    columns = columns or {}
+    extra = [str(col.get("label", name)) for name, col in columns.items()]
+    names = ["row", "paper", "ours", *extra, "metric", "scale", "status", "agrees", "run"]
+    head = "| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n"
     body = ""
     for c in cells:
         paper = "" if c.row.paper is None else c.row.paper
         run = "/".join(c.run.path.parts[-3:]) if c.run else ""
-        status = c.status + (f" ({c.reason})" if c.reason and c.status != "ok" else "")
-        body += (f"| {c.row.label} | {paper} | {c.ours_text} | {c.metric} | {status.replace('|', '/')} | "
-                 f"{c.agrees} | {run} |\n")
+        status = c.status + (f" ({c.reason})" if c.reason and (c.status != "ok" or c.seeds > 1) else "")
+        ours = c.ours_text + (f" ± {c.spread_text} ({c.seeds} seeds)" if c.std is not None else "")
+        cols = [_num(c.extras.get(k)) for k in columns]
+        body += ("| " + " | ".join([c.row.label, str(paper), ours, *cols, c.metric, c.scale,
+                                     status.replace("|", "/"), c.agrees, run]) + " |\n")
     return head + body
 
 
@@ -608,12 +746,13 @@ def write_summary(results: list[TableResult], out: Path, run_dirs: list[str],
     """summary.md: per table the cells and the images (then any extra sections of images), for a Markdown viewer."""
     lines = ["# nepa-eval report", "",
              f"Runs read from: {', '.join(str(d) for d in run_dirs)}. Cells: `fail` = the run collapsed, diverged, "
-             "found the trivial copy solution or crashed (as the paper prints it); empty with status `missing` = no run matched the row. Our "
-             "numbers at tiny scale (Fashion-MNIST, CPU) are not comparable in value to the paper's ImageNet "
-             "numbers; `agrees` checks the direction against the table's baseline row.", ""]
+             "found the trivial copy solution or crashed (as the paper prints it); empty with status `missing` = no run matched the row. "
+             "The `scale` column says where each number comes from: " + "; ".join(f"`{k}` = {v}" for k, v in SCALES.items())
+             + ". Tiny numbers are not comparable in value to the paper's; `agrees` checks the direction against the "
+             "table's baseline row (with several seeds, only beyond the spread: otherwise `within spread`).", ""]
     for res in results:
         lines += [f"## {res.spec.title}", "", f"Paper: {res.spec.paper_metric}. CSV: [{res.csv.name}]({res.csv.name})",
-                  "", markdown_table(res.cells), ""]
+                  "", markdown_table(res.cells, res.spec.columns), ""]
         lines += [f"![{p.stem}]({p.name})" for p in res.images] + [""]
     for title, images in (extra or {}).items():
         lines += [f"## {title}", ""] + [f"![{p.stem}]({os.path.relpath(p, out)})" for p in images] + [""]

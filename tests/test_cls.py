@@ -271,6 +271,26 @@ def test_finetune_linear_knn_from_a_checkpoint(tmp_path):
         assert f[prefix + "top1"] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item()), prefix
         assert f[prefix + "top5"] == pytest.approx(100 * (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item())
     assert f["best_ema_top1"] == max(r["val/ema_top1"] for r in scalars(ft) if "val/ema_top1" in r)
+    # init_knn_top1 (the tables' k-NN column): the starting backbone's k-NN on this run's own train / val images,
+    # both through the val transform; recomputed here with its own feature extraction and vote
+    import torch.nn.functional as F
+
+    train = DATASETS.build({**Config.fromfile(str(ft / "config.py")).train_dataloader.dataset,
+                            "transform": Config.fromfile(str(ft / "config.py")).val_dataloader.dataset.transform})
+    assert len(train) == 32
+    start = NepaViT(**tiny_kwargs(causal=False)).eval()
+    from backbones.nepa import load_weights
+
+    load_weights(start, ck)
+
+    def feats(ds):
+        with torch.no_grad():
+            return F.normalize(start.forward_features(torch.stack([ds[i][0] for i in range(len(ds))]))[:, 1:].mean(1), dim=-1)
+    ftr, fte = feats(train), feats(val)
+    ytr = torch.tensor([train[i][1] for i in range(len(train))])
+    top, idx = (fte @ ftr.T).topk(20, dim=1)
+    votes = torch.zeros(len(fte), 10).scatter_add_(1, ytr[idx], (top / 0.07).exp())
+    assert f["init_knn_top1"] == pytest.approx(100 * (votes.argmax(1) == y).float().mean().item())
     best = list(ft.glob("best_ema_top1_*.pth"))
     assert len(best) == 1
     # the best checkpoint re-enters through the weight door with its own head and attention mode

@@ -49,7 +49,8 @@ def test_core_table_csv_and_plots(core_runs, tmp_path):
     out = tmp_path / "out"
     summary, results = report.run_report([str(core_runs)], ["core"], out)
     rows = read_csv(out / "core.csv")
-    assert list(rows) == ["full", "no_shift", "no_causal", "no_stop_grad"]
+    assert list(rows) == ["full", "no_shift", "no_causal", "no_stop_grad", "random_init", "raw_pixels"]
+    assert rows["random_init"]["status"] == rows["raw_pixels"]["status"] == "missing"
     assert rows["full"]["ours"] == "71.50" and rows["full"]["paper"] == "76.8" and rows["full"]["status"] == "ok"
     assert rows["full"]["metric"] == "knn_top1" and rows["full"]["run"].endswith("full")
     assert rows["no_causal"]["ours"] == "64.25" and rows["no_causal"]["agrees"] == "yes"  # lower, as in the paper
@@ -127,9 +128,13 @@ def test_every_spec_loads_with_paper_values():
     assert set(names) >= {"core", "masking", "arch", "layer_decay", "imagenet", "ade20k"}
     core = report.load_spec("core")
     assert {r.name: r.paper for r in core.rows} == {"full": 76.8, "no_shift": "fail", "no_causal": 73.6,
-                                                    "no_stop_grad": "fail"}
-    assert [r.paper for r in report.load_spec("masking").rows] == [78.2, 76.4, 75.7]
-    assert [r.paper for r in report.load_spec("arch").rows] == [78.2, 77.4, 80.2, "fail", 81.1, 81.3]
+                                                    "no_stop_grad": "fail", "random_init": None, "raw_pixels": None}
+    assert [r.paper for r in report.load_spec("masking").rows] == [78.2, 76.4, 75.7, None, None]
+    assert [r.paper for r in report.load_spec("arch").rows] == [78.2, 77.4, 80.2, "fail", 81.1, 81.3, None, None]
+    for n in ("core", "masking", "arch"):  # every pretraining table: a random-init and a raw-pixel reference row
+        spec = report.load_spec(n)
+        assert [(r.init, r.task, r.expect) for r in spec.rows[-2:]] == [("random", None, "below"),
+                                                                         ("pretrained", "pixels", "below")]
     assert report.load_spec("layer_decay").row("linear_ramp").paper == 83.8
     assert report.load_spec("ade20k").row("nepa_l").paper == 54.0
     refs = {r.label: r.paper for r in report.load_spec("imagenet").rows if r.reference}
@@ -161,3 +166,126 @@ def test_a_live_run_with_a_half_written_line(core_runs):
     with open(core_runs / "full" / "scalars.jsonl", "a") as f:
         f.write('{"step": 4, "lo')
     assert [r["step"] for r in report.scalars_of(core_runs / "full")] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# every table from small run directories: random-init and raw-pixel rows, a collapsed, a trivial and a missing run
+# ----------------------------------------------------------------------------------------------
+def _config(stage_keys, scale, ckpt=None, seed=0):
+    cfg = Config(dict(run_scale=scale, randomness=dict(seed=seed), model=dict(ckpt=ckpt)))
+    cfg.merge_from_dict(dict(stage_keys))
+    return cfg.to_dict()
+
+
+def build_table_runs(spec, root, seeds=(0,)):
+    """Runs for every row of `spec` the way ablate lays them out. Of the pretrained rows, the first (the baseline)
+    is ok, the second gets a collapsed run, the third a trivial one, the fourth none at all (missing), the rest are
+    ok; ok values are 60 + row index (+ the seed), the random-init row 55 and the raw pixels 50 (their k-NN 40).
+    Tables with fewer rows have no missing row: their raw-pixel row is left without a run instead."""
+    first, *later = spec.stage_names
+    expected, n = {}, 0
+    pretrained = [r for r in spec.rows if not r.reference and r.task is None and r.init != "random"]
+    for i, row in enumerate(spec.rows):
+        if row.reference:
+            continue
+        scale = row.scale or "tiny"
+        if row.task == "pixels" and len(pretrained) < 4:
+            expected[row.name] = ("missing", "")
+            continue
+        if row.task == "pixels":
+            make_run(root / row.name / "pixels", "pixels", _config({}, scale),
+                     metrics=dict(linear_top1=50.0, knn_top1=40.0))
+            expected[row.name] = ("ok", "50.00")
+            continue
+        if row.init == "random":
+            for seed in seeds:
+                for stage in later:
+                    make_run(root / row.name / f"s{seed}" / stage, stage, _config(row.keys.get(stage, {}), scale, seed=seed),
+                             metrics={spec.stages[stage]["metric"]: 55.0 + seed, "ckpt": None, "init_knn_top1": 30.0})
+            expected[row.name] = ("ok", f"{55.0 + sum(seeds) / len(seeds):.2f}")
+            continue
+        n += 1
+        if n == 4:
+            expected[row.name] = ("missing", "")
+            continue
+        status = {2: "collapsed", 3: "trivial"}.get(n, "ok")
+        for seed in seeds:
+            pre_keys = {**spec.defaults.get("pretrain", {}), **row.keys.get("pretrain", {}), **row.match.get("pretrain", {})}
+            pre = make_run(root / row.name / f"s{seed}" / "pretrain", "pretrain", _config(pre_keys, scale, seed=seed),
+                           status=status if first == "pretrain" else "ok", reason=status,
+                           metrics=dict(knn_top1=20.0 + i))
+            parent = pre
+            for stage in ([] if first == "pretrain" and status != "ok" else later if first == "pretrain" else
+                          spec.stage_names):
+                keys = {**row.keys.get(stage, {}), **row.match.get(stage, {})}
+                parent = make_run(root / row.name / f"s{seed}" / stage, stage,
+                                  _config(keys, scale, ckpt=str(parent / "backbone.safetensors"), seed=seed),
+                                  status=status if first != "pretrain" else "ok",
+                                  metrics={spec.stages[stage]["metric"]: 60.0 + i + seed, "init_knn_top1": 30.0 + i})
+        expected[row.name] = (("fail", "fail") if status != "ok" else
+                              ("ok", f"{60.0 + i + sum(seeds) / len(seeds):.2f}"))
+    return expected
+
+
+@pytest.mark.parametrize("table", report.list_tables())
+def test_every_table_from_small_runs(table, tmp_path):
+    spec = report.load_spec(table)
+    expected = build_table_runs(spec, tmp_path / "runs")
+    cells = report.build_cells(spec, report.discover_runs([str(tmp_path / "runs")]))
+    rows = read_csv(report.write_csv(spec, cells, tmp_path / "out"))  # (the plots: test_core_table_csv_and_plots)
+    assert {name: (rows[name]["status"], rows[name]["ours"]) for name in expected} == expected
+    for name, (status, _) in expected.items():
+        if status == "fail":
+            assert rows[name]["reason"].split()[1].rstrip(":") in ("collapsed", "trivial"), rows[name]
+    for r in spec.rows:  # tiny runs never land in a paper-scale row, nor a paper run in a tiny one
+        if r.name in expected and expected[r.name][0] == "ok":
+            assert rows[r.name]["scale"] == (r.scale or "tiny")
+        if r.reference:
+            assert rows[r.name]["status"] == "reference" and rows[r.name]["scale"] == "paper"
+
+
+def test_core_columns_directions_and_seeds(tmp_path):
+    """Core with 3 seeds: mean ± std, the k-NN column, random init below full, pixels below random init."""
+    spec = report.load_spec("core")
+    build_table_runs(spec, tmp_path / "runs", seeds=(0, 1, 2))
+    cells = {c.row.name: c for c in report.build_cells(spec, report.discover_runs([str(tmp_path / "runs")]))}
+    full, rnd, pix = cells["full"], cells["random_init"], cells["raw_pixels"]
+    assert full.metric == "top1" and full.seeds == 3 and math.isclose(full.ours, 61.0)
+    assert math.isclose(full.std, 1.0) and full.extras["knn"] == 30.0  # init_knn_top1 of the fine-tunes
+    assert rnd.seeds == 3 and math.isclose(rnd.ours, 56.0) and rnd.extras["knn"] == 30.0
+    assert rnd.agrees == "yes"  # 61 - 56 = 5 > 1 + 1 (the two spreads)
+    assert pix.ours == 50.0 and pix.extras["knn"] == 40.0 and pix.agrees == "yes"  # below random init
+    assert cells["no_stop_grad"].status == "missing"  # the builder's fourth row
+    assert cells["no_shift"].reason.startswith("3 of 3 seeds failed; pretrain collapsed")
+    assert cells["no_causal"].status == "fail" and cells["no_causal"].agrees == "no"  # trivial; the paper: 73.6
+    page = report.markdown_table(list(cells.values()), spec.columns)
+    assert "| 61.00 ± 1.00 (3 seeds) | 30.00 | top1 | tiny |" in page
+
+
+def test_within_the_spread_is_not_a_direction(tmp_path):
+    spec = report.load_spec("core")
+    root = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(60.0, 59.0), (62.0, 61.5), (58.0, 60.0)]):  # means 60.0 vs 60.17, stds 2 / 1.26
+        pre = make_run(root / f"full{seed}" / "pretrain", "pretrain", _config(pre_cfg(), "tiny", seed=seed))
+        make_run(root / f"full{seed}" / "cls", "cls", _config({}, "tiny", ckpt=str(pre), seed=seed), metrics=dict(top1=a))
+        pre = make_run(root / f"nc{seed}" / "pretrain", "pretrain", _config(pre_cfg(causal=False), "tiny", seed=seed))
+        make_run(root / f"nc{seed}" / "cls", "cls", _config({}, "tiny", ckpt=str(pre), seed=seed), metrics=dict(top1=b))
+    cells = {c.row.name: c for c in report.build_cells(spec, report.discover_runs([str(root)]))}
+    assert cells["no_causal"].seeds == 3 and cells["no_causal"].agrees == "within spread"
+    one = {c.row.name: c for c in report.build_cells(spec, report.discover_runs(
+        [str(root / "full0"), str(root / "nc0")]))}
+    assert one["no_causal"].agrees == "yes" and one["no_causal"].std is None  # one seed: 59 < 60, no spread
+
+
+def test_a_from_scratch_finetune_is_only_the_random_init_row(tmp_path):
+    """A fine-tune without a checkpoint never fills a pretrained row, and a pretrained one never the random-init
+    row; imagenet's tiny row takes only runs whose pretraining is the default objective."""
+    root = tmp_path / "runs"
+    make_run(root / "scratch" / "cls", "cls", _config({}, "tiny"), metrics=dict(top1=70.0, ckpt="random-init"))
+    pre = make_run(root / "nc" / "pretrain", "pretrain", _config(pre_cfg(causal=False), "tiny"))
+    make_run(root / "nc" / "cls", "cls", _config({}, "tiny", ckpt=str(pre)), metrics=dict(top1=65.0))
+    runs = report.discover_runs([str(root)])
+    core = {c.row.name: c for c in report.build_cells(report.load_spec("core"), runs)}
+    assert core["random_init"].ours == 70.0 and core["no_causal"].ours == 65.0 and core["full"].status == "missing"
+    imagenet = {c.row.name: c for c in report.build_cells(report.load_spec("imagenet"), runs)}
+    assert imagenet["nepa_t"].status == "missing" and imagenet["nepa_b"].status == "missing"

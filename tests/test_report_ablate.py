@@ -1,4 +1,5 @@
 """`nepa-eval ablate`: paper-scale configs and commands, and the tiny-scale orchestration (stages faked here)."""
+import csv
 import json
 import shlex
 
@@ -28,7 +29,10 @@ def test_paper_scale_writes_loadable_configs_and_torchrun_commands(tmp_path):
     assert apply_recipe(m_cfg, world_size=8)["updates"] == 100000  # the masking and architecture tables: 100k
     assert cfg.model.backbone.embed_dim == 768  # the rest comes from cls_configs/pretrain/nepa_b_release.py
     lines = [l for l in (root / "commands.sh").read_text().splitlines() if l.startswith("$TORCHRUN")]
-    assert len(lines) == 8  # 4 rows x (pretrain, fine-tune)
+    assert len(lines) == 9  # 4 rows x (pretrain, fine-tune) + the random-init fine-tune (no raw pixels on ImageNet)
+    scratch = shlex.split(lines[-1].replace("$TORCHRUN", "torchrun"))
+    assert scratch[3] == "cls" and scratch[scratch.index("--ckpt") + 1] == "none"
+    assert scratch[scratch.index("--work-dir") + 1] == str(root / "random_init" / "cls")
     ft = shlex.split(lines[1].replace("$TORCHRUN", "torchrun"))
     assert ft[:4] == ["torchrun", "-m", "nepa_eval.cli", "cls"] and "--launcher" in ft
     assert ft[ft.index("--ckpt") + 1] == str(root / "full" / "pretrain" / "backbone.safetensors")
@@ -58,7 +62,8 @@ def fake_stage(calls, statuses):
     """Stands in for a `nepa-eval` process: writes the run directory that command would write."""
     def run(argv, run_dir, desc, quiet=False):
         calls.append(argv)
-        stage, row = argv[0], run_dir.parent.name
+        parts = [p for p in run_dir.parts[:-1] if not p.startswith("seed")]
+        stage, row = argv[0], parts[-1]
         run_dir.mkdir(parents=True, exist_ok=True)
         opts = argv[argv.index("--cfg-options") + 1:] if "--cfg-options" in argv else []
         cfg = Config(dict(work_dir=str(run_dir), model=dict(ckpt=argv[argv.index("--ckpt") + 1] if "--ckpt" in argv
@@ -68,8 +73,10 @@ def fake_stage(calls, statuses):
         cfg.dump(str(run_dir / "config.py"))
         (run_dir / "scalars.jsonl").write_text(json.dumps({"step": 10, "loss": -0.5, "cos": 0.5}) + "\n")
         status = statuses.get(row, "ok")
-        metric = {"pretrain": "knn_top1", "cls": "top1", "seg": "mIoU"}[stage]
-        (run_dir / "final_metrics.json").write_text(json.dumps({"task": stage, "status": status, metric: 50.0 + len(row)}))
+        metric = {"pretrain": "knn_top1", "cls": "top1", "seg": "mIoU", "pixels": "linear_top1"}[stage]
+        seed = cfg.get("randomness", {}).get("seed", 0)
+        (run_dir / "final_metrics.json").write_text(json.dumps({"task": stage, "status": status,
+                                                                metric: 50.0 + len(row) + seed}))
         return status
     return run
 
@@ -87,15 +94,44 @@ def test_tiny_scale_runs_rows_then_reports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     assert cli_main(["ablate", "core", "--work-dir", "wd", "--out", str(out), "--quiet"]) == 0
-    assert [c[0] for c in calls] == ["pretrain"] * 4  # tiny core: the k-NN of each pretraining
-    assert calls[3][calls[3].index("--config") + 1] == "cls_configs/pretrain/nepa_tiny_fmnist.py"
-    assert "model.stop_grad=False" in calls[3] and "knn_test.limit=2000" in calls[3]
-    csv_text = (out / "core.csv").read_text()
-    assert "no_stop_grad,no stop-gradient,fail,fail,,fail,yes" in csv_text
+    # tiny core, scored as the paper does: each pretraining then its fine-tune; a collapsed one is not fine-tuned;
+    # the random-init row fine-tunes from scratch; the raw pixels are one run of their own
+    assert [(c[0], c[c.index("--work-dir") + 1].split("/")[-2]) for c in calls] == [
+        ("pretrain", "full"), ("cls", "full"), ("pretrain", "no_shift"), ("cls", "no_shift"),
+        ("pretrain", "no_causal"), ("cls", "no_causal"), ("pretrain", "no_stop_grad"), ("cls", "random_init"),
+        ("pixels", "raw_pixels")]
+    assert calls[6][calls[6].index("--config") + 1] == "cls_configs/pretrain/nepa_tiny_fmnist.py"
+    assert "model.stop_grad=False" in calls[6] and "custom_hooks.2.enabled=False" in calls[6]
+    assert calls[1][calls[1].index("--ckpt") + 1] == "wd/tiny/core/full/pretrain/backbone.safetensors"
+    assert calls[7][calls[7].index("--ckpt") + 1] == "none"
+    assert calls[8][calls[8].index("--config") + 1] == "cls_configs/finetune/nepa-t_fmnist.py"
+    rows = {r["row"]: r for r in csv.DictReader(open(out / "core.csv"))}
+    assert (rows["no_stop_grad"]["ours"], rows["no_stop_grad"]["status"], rows["no_stop_grad"]["agrees"]) == (
+        "fail", "fail", "yes")
+    assert rows["full"]["metric"] == "top1" and rows["full"]["ours"] == "54.00"  # the fake: 50 + len(name)
+    assert rows["random_init"]["ours"] == "61.00" and rows["random_init"]["agrees"] == "no"  # 61 > 54
     assert (out / "core_table.png").is_file() and (out / "summary.md").is_file()
     # a second call reuses the finished runs (a collapsed one too) and runs nothing
     assert cli_main(["ablate", "core", "--work-dir", "wd", "--out", str(out), "--quiet"]) == 0
-    assert len(calls) == 4
+    assert len(calls) == 9
+
+
+def test_seeds_run_every_row_n_times_and_the_table_averages(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "run_stage", fake_stage(calls, {}))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert cli_main(["ablate", "core", "--rows", "full,no_causal,raw_pixels", "--seeds", "3", "--work-dir", "wd",
+                     "--out", str(out), "--quiet"]) == 0
+    dirs = [c[c.index("--work-dir") + 1] for c in calls]
+    assert dirs[:4] == ["wd/tiny/core/full/pretrain", "wd/tiny/core/full/cls", "wd/tiny/core/full/seed1/pretrain",
+                        "wd/tiny/core/full/seed1/cls"]
+    assert len(calls) == 2 * 2 * 3 + 1  # the pixels: once
+    assert "randomness.seed=2" in calls[4] and "randomness.seed=2" in calls[5]
+    assert not any("randomness.seed" in a for a in calls[0] + calls[1])  # seed 0: the configs' own
+    rows = {r["row"]: r for r in csv.DictReader(open(out / "core.csv"))}
+    assert (rows["full"]["ours"], rows["full"]["std"], rows["full"]["seeds"]) == ("55.00", "1.00", "3")
+    assert rows["no_causal"]["ours"] == "60.00" and rows["no_causal"]["agrees"] == "no"  # 60 ± 1 vs 55 ± 1
 
 
 def test_tiny_scale_finetune_tables_pretrain_once_and_chain(tmp_path, monkeypatch):
@@ -132,23 +168,28 @@ def test_a_run_made_by_another_command_is_redone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full"))
     ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full"))
-    assert len(calls) == 1
+    assert len(calls) == 2  # pretraining and fine-tune, once
     ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full", cfg_options={"train_cfg.max_iters": 50}))
-    assert len(calls) == 2 and "train_cfg.max_iters=50" in calls[1]
+    assert len(calls) == 4 and "train_cfg.max_iters=50" in calls[2]
 
 
 @pytest.mark.slow
 @needs_fashion
 def test_tiny_core_row_end_to_end(tmp_path, monkeypatch):
-    """A real (short) pretraining through `nepa-eval ablate`, its k-NN in the table, then reused, not rerun."""
+    """A real (short) pretraining and its fine-tune through `nepa-eval ablate`: the fine-tuned top-1 in the table,
+    the k-NN of the pretrained backbone in its column; then reused, not rerun."""
     monkeypatch.chdir(tmp_path)
     argv = ["ablate", "core", "--rows", "full", "--work-dir", "wd", "--out", "out", "--quiet", "--cfg-options",
-            "train_cfg.max_iters=30", "knn_train.limit=1000", "knn_test.limit=500"]
+            "train_cfg.max_iters=30", "train_dataloader.dataset.limit=512"]  # (max_iters: the pretraining's)
     assert cli_main(argv) == 0
-    rows = {r.split(",")[0]: r.split(",") for r in (tmp_path / "out" / "core.csv").read_text().splitlines()}
-    assert rows["full"][5] == "ok" and 10.0 < float(rows["full"][3]) <= 100.0 and rows["full"][4] == "knn_top1"
-    assert rows["no_shift"][5] == "missing"
-    run = tmp_path / "wd" / "tiny" / "core" / "full" / "pretrain"
+    rows = {r["row"]: r for r in csv.DictReader(open(tmp_path / "out" / "core.csv"))}
+    full = rows["full"]
+    assert full["status"] == "ok" and full["metric"] == "top1" and full["scale"] == "tiny"
+    assert 10.0 < float(full["ours"]) <= 100.0 and 10.0 < float(full["knn"]) <= 100.0
+    assert rows["no_shift"]["status"] == "missing"
+    run = tmp_path / "wd" / "tiny" / "core" / "full" / "cls"
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["steps"] == 6 * (512 // 64) and final["init_knn_top1"] == float(full["knn"])
     mtime = (run / "final_metrics.json").stat().st_mtime
     assert cli_main(argv) == 0 and (run / "final_metrics.json").stat().st_mtime == mtime
 

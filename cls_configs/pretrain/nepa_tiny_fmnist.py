@@ -3,6 +3,7 @@
 # Ablations: --cfg-options model.shift=False / model.causal=False / model.stop_grad=False / model.mask_ratio=0.4
 _base_ = ['./_base_/default_runtime.py', './_base_/schedule_release.py', './_base_/data_fashion_mnist.py',
           './_base_/model_nepa_base.py', './_base_/pretrain_runtime_hooks.py']
+run_scale = 'tiny'  # the report's tiny rows (never NEPA-B / NEPA-L)
 
 model = dict(backbone=dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, img_size=28,
                            rope_rescale=None))

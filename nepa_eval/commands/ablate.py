@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
                    help="extra config overrides for every run (before the rows' own keys), e.g. a data root or "
                         "train_cfg.max_iters=100")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="tiny scale: run every row N times (seeds 0..N-1); the table shows mean ± std and marks a "
+                        "direction only where it holds beyond the spread [1]")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -9,9 +9,11 @@ from mmengine.registry import FUNCTIONS
 
 def build_transform(kind: str = "eval", img_size: int = 224, mean: tuple = (0.5, 0.5, 0.5),
                     std: tuple = (0.5, 0.5, 0.5), interpolation: str = "bicubic", crop_pct: float = 0.875,
-                    scale: tuple = (0.08, 1.0), **timm_kwargs: Any) -> Callable:
+                    scale: tuple = (0.08, 1.0), padding: int = 2, **timm_kwargs: Any) -> Callable:
     """'pretrain': RandomResizedCrop + flip (the release); 'train': timm's training transform (RandAugment,
-    random erasing, ... via timm_kwargs); 'eval': resize then centre crop (crop_pct); 'resize': resize only."""
+    random erasing, ... via timm_kwargs); 'crop': resize, then a random crop of the image padded by `padding`
+    pixels + flip (the light CIFAR-style augmentation of short runs on small images); 'eval': resize then centre
+    crop (crop_pct); 'resize': resize only."""
     import torchvision.transforms as T
     from timm.data import create_transform
 
@@ -23,12 +25,16 @@ def build_transform(kind: str = "eval", img_size: int = 224, mean: tuple = (0.5,
     if kind == "train":
         return create_transform(img_size, is_training=True, mean=mean, std=std, interpolation=interpolation,
                                 scale=scale, **timm_kwargs)
+    if kind == "crop":
+        return T.Compose([T.Resize((img_size, img_size), interpolation=interp),
+                          T.RandomCrop(img_size, padding=padding, padding_mode="edge"), T.RandomHorizontalFlip(),
+                          *norm])
     if kind == "eval":
         return create_transform(img_size, is_training=False, mean=mean, std=std, interpolation=interpolation,
                                 crop_pct=crop_pct)
     if kind == "resize":
         return T.Compose([T.Resize((img_size, img_size), interpolation=interp), *norm])
-    raise ValueError(f"unknown transform kind {kind!r}: pretrain, train, eval or resize")
+    raise ValueError(f"unknown transform kind {kind!r}: pretrain, train, crop, eval or resize")
 
 
 @FUNCTIONS.register_module(name="nepa_collate")

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import BaseModel, is_model_wrapper
@@ -213,17 +214,36 @@ class ClsValLoop(ValLoop):
 @HOOKS.register_module()
 class ClsRecordHook(Hook):
     """final_metrics.json for classification: top1/top5, ema_top1/ema_top5, best_ema_top1 (percent), protocol;
-    and the NEPA config in every checkpoint's meta, so the weight door rebuilds the exact model from it."""
+    and the NEPA config in every checkpoint's meta, so the weight door rebuilds the exact model from it.
+
+    `init_knn=True`: before the first step, also the k-NN top-1 of the backbone the run starts from (pretrained or
+    random), on the run's own data (train split votes, val split is classified, both through the val transform):
+    `init_knn_top1`, the frozen-feature column of the ablation tables, measured on exactly the fine-tune's data."""
 
     priority = "LOW"
 
-    def __init__(self, protocol: str = "finetune") -> None:
+    def __init__(self, protocol: str = "finetune", init_knn: bool = False) -> None:
         self.protocol = protocol
+        self.init_knn = init_knn
         self.best: Optional[float] = None
         self.best_step: Optional[int] = None
 
     def before_run(self, runner) -> None:
         update_final(runner.work_dir, task="cls", protocol=self.protocol)
+
+    def before_train(self, runner) -> None:
+        if not self.init_knn or runner.iter > 0 or not is_main_process():  # a resumed run keeps its number
+            return
+        from nepa_eval.knn import knn_eval
+
+        bb = self._model(runner).backbone
+        spec = knn_cfg(runner.cfg)
+        res = knn_eval(bb, spec.train_data, spec.test_data, k=spec.knn["k"], temperature=spec.knn["temperature"],
+                       batch_size=spec.knn["batch_size"], pool=spec.knn["pool"], device=next(bb.parameters()).device,
+                       num_classes=spec.num_classes)
+        bb.train()
+        update_final(runner.work_dir, init_knn_top1=res["knn_top1"])
+        runner.logger.info(f"[nepa] k-NN top-1 of the starting backbone on this run's data: {res['knn_top1']:.2f}%")
 
     def _model(self, runner) -> nn.Module:
         return runner.model.module if is_model_wrapper(runner.model) else runner.model

@@ -9,6 +9,7 @@ _base_ = [
     '../_base_/models/upernet_nepa.py', '../_base_/datasets/fashion_mosaic.py',
     'mmseg::_base_/default_runtime.py', '../_base_/schedules/nepa_layer_decay_160k.py'
 ]
+run_scale = 'tiny'  # the report's tiny rows (never NEPA-B / NEPA-L)
 norm_cfg = dict(type='BN', requires_grad=True)
 crop_size = (56, 56)
 data_preprocessor = dict(size=crop_size)
