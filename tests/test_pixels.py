@@ -43,7 +43,7 @@ def test_pixels_command_on_a_config_data(tmp_path):
         x, y = fashion_mnist_arrays(split)
         i = _subset(len(x), n)
         v = (torch.tensor(x[i], dtype=torch.float32) / 255 - 0.5) / 0.5
-        return F.normalize(v.flatten(1).repeat(1, 3), dim=1), torch.tensor(y[i]).long()
+        return F.normalize(v.flatten(1), dim=1), torch.tensor(y[i]).long()  # (one of the three equal channels)
     (ftr, ytr), (fte, yte) = data("train", 300), data("test", 100)
     top, idx = (fte @ ftr.T).topk(20, dim=1)
     votes = torch.zeros(100, 10).scatter_add_(1, ytr[idx], (top / 0.07).exp())

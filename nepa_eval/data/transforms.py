@@ -26,8 +26,8 @@ def build_transform(kind: str = "eval", img_size: int = 224, mean: tuple = (0.5,
         return create_transform(img_size, is_training=True, mean=mean, std=std, interpolation=interpolation,
                                 scale=scale, **timm_kwargs)
     if kind == "crop":
-        return T.Compose([T.Resize((img_size, img_size), interpolation=interp),
-                          T.RandomCrop(img_size, padding=padding, padding_mode="edge"), T.RandomHorizontalFlip(),
+        crop = [T.RandomCrop(img_size, padding=padding, padding_mode="edge")] if padding else []  # 0: flip only
+        return T.Compose([T.Resize((img_size, img_size), interpolation=interp), *crop, T.RandomHorizontalFlip(),
                           *norm])
     if kind == "eval":
         return create_transform(img_size, is_training=False, mean=mean, std=std, interpolation=interpolation,
