@@ -48,6 +48,9 @@ def add_runner_args(p: argparse.ArgumentParser, default_config: Optional[str] = 
                    help="decode every file of the run's data first (DataLoader workers, progress bar), list the bad "
                         "ones and stop before training if there are any (without it a bad file is skipped, warned "
                         "about and counted in final_metrics.json; the run fails only past max(100, 0.1 %%) of them)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (mmengine's `compile` key; options through --cfg-options "
+                        "compile.backend=...): forward and loss compiled, backward and optimizer step eager")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -85,6 +88,8 @@ def load_config(args: argparse.Namespace, task: str) -> Config:
     cfg.resume = bool(args.resume)
     if getattr(args, "check_data", False):
         cfg.check_data = True
+    if getattr(args, "compile", False) and not cfg.get("compile"):
+        cfg.compile = True
     if args.resume:
         if not (Path(cfg.work_dir) / "last_checkpoint").exists():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from in {cfg.work_dir} "
@@ -289,6 +294,66 @@ class BadFilesHook(Hook):
 
 
 # ----------------------------------------------------------------------------------------------
+# torch.compile through mmengine's own `compile` key
+# ----------------------------------------------------------------------------------------------
+# what a model's train_step may call on its optimizer wrapper: the update (never worth tracing) and should_sync,
+# which reads the wrapper's step counter (traced, it would be a guard that recompiles the step every iteration)
+EAGER_OPTIM_METHODS = ("update_params", "backward", "step", "zero_grad", "should_sync")
+
+
+def keep_optimizer_eager(optim_wrapper: Any) -> int:
+    """Make the optimizer wrapper's update methods (backward, clip, optimizer step, zero_grad; those of every
+    wrapper in an OptimWrapperDict) and its should_sync run outside dynamo, on this instance only. Returns how
+    many wrappers changed; idempotent.
+
+    mmengine's Runner with ``compile`` set wraps the model's whole ``train_step`` in torch.compile, the
+    ``optim_wrapper.update_params(loss)`` call inside it included; dynamo then traces into AdamW.step and fails
+    there on recent torch ("UserDefinedDictVariable has no attribute items"). With these methods disabled,
+    dynamo runs the ``train_step`` frame itself eagerly (should_sync is called inside mmengine's ``optim_context``)
+    and compiles the frames it calls: the data preprocessor, the forward and loss (their backward too, by
+    AOTAutograd), parse_losses. The backward call, gradient clipping and optimizer step run as without compile,
+    and the step counter never enters a guard, so no recompilation from one iteration to the next."""
+    import torch
+    from mmengine.optim import OptimWrapper, OptimWrapperDict
+
+    wrappers = list(optim_wrapper.values()) if isinstance(optim_wrapper, OptimWrapperDict) else [optim_wrapper]
+    changed = 0
+    for w in wrappers:
+        if not isinstance(w, OptimWrapper) or getattr(w, "_nepa_eager_update", False):
+            continue
+        for name in EAGER_OPTIM_METHODS:
+            setattr(w, name, torch._dynamo.disable(getattr(w, name)))
+        w._nepa_eager_update = True
+        changed += 1
+    return changed
+
+
+@HOOKS.register_module()
+class CompileHook(Hook):
+    """Makes mmengine's ``compile`` key (``cfg.compile = True`` or a dict of torch.compile options, ``--compile``
+    on the command line) work for any model, ours or mmseg's: before the first training step it keeps the
+    optimizer wrapper's update out of dynamo (`keep_optimizer_eager`). Nothing else changes: mmengine compiles
+    the bound ``train_step`` (not the module), so state_dict keys, checkpoints, resume, the EMA copy and the
+    hooks that call the model are those of an uncompiled run. `prepare_env` adds it when the config compiles."""
+
+    priority = "VERY_HIGH"
+
+    def before_train(self, runner) -> None:
+        if runner.cfg.get("compile"):
+            keep_optimizer_eager(runner.optim_wrapper)
+
+
+def add_compile_hook(cfg: Config) -> None:
+    """Declare the CompileHook in a config that sets `compile` (once)."""
+    if not cfg.get("compile"):
+        return
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(h.get("type") in ("CompileHook", CompileHook) for h in hooks):
+        hooks.append(dict(type="CompileHook"))
+    cfg.custom_hooks = hooks
+
+
+# ----------------------------------------------------------------------------------------------
 # what every task shares before and around mmengine's Runner
 # ----------------------------------------------------------------------------------------------
 def _tensorboard_available() -> bool:
@@ -311,6 +376,7 @@ def prepare_env(cfg: Config) -> Config:
 
     register_safe_globals()
     start_bad_files(cfg)
+    add_compile_hook(cfg)
     launcher = cfg.get("launcher", "none")
     if launcher != "none" and not torch.cuda.is_available():
         cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))

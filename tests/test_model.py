@@ -293,3 +293,27 @@ def test_model_file_stays_pure_pytorch():
     roots = {n.split(".")[0] for n in names}
     assert roots <= {"__future__", "contextlib", "math", "os", "dataclasses", "typing", "torch"}, roots
     assert "load_pretrained" in NepaViT.__dict__  # a method of the class, not assigned by an adapter
+
+
+def test_rope_tables_cached_are_the_tables_computed_afresh():
+    """Cached tables (no rescale, or eval) equal fresh ones bit for bit, follow inv_freq changes, come in the
+    autocast dtype under autocast, and tables made in inference mode never reach a training step."""
+    r = Rope2D(head_dim=16, rescale=None)
+    fresh = r.tables((3, 5), torch.device("cpu"), num_prefix=1)
+    got = r((3, 5), torch.device("cpu"), num_prefix=1)
+    assert all(torch.equal(a, b) for a, b in zip(got, fresh)) and got[0].dtype == torch.float32
+    assert r((3, 5), torch.device("cpu"), num_prefix=1)[0] is got[0]  # served from the cache
+    with torch.no_grad():
+        r.inv_freq.mul_(1.5)
+    moved = r((3, 5), torch.device("cpu"), num_prefix=1)
+    assert torch.equal(moved[0], r.tables((3, 5), torch.device("cpu"), num_prefix=1)[0])
+    assert not torch.equal(moved[0], got[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cb, sb = r((3, 5), torch.device("cpu"), num_prefix=1)
+    assert cb.dtype == sb.dtype == torch.bfloat16 and torch.equal(cb, moved[0].to(torch.bfloat16))
+    m = make(rope_rescale=None).train()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.inference_mode():
+        m.forward_features(x)
+    m.forward_features(x).sum().backward()  # would raise if an inference-mode table were reused
+    assert m.blocks[0].attn.qkv.weight.grad is not None

@@ -150,13 +150,35 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
+def _fx_tracing() -> bool:
+    """Inside torch.fx symbolic tracing (timm's feature extraction): the device is a Proxy there."""
+    if torch.jit.is_scripting():
+        return False
+    return _is_fx_tracing()
+
+
+@torch.jit.unused
+def _is_fx_tracing() -> bool:
+    from torch.fx._symbolic_trace import is_fx_tracing
+
+    return is_fx_tracing()
+
+
 class Rope2D(nn.Module):
     """2D axial rotary embedding of the release (DINOv3 style): normalised patch-centre coordinates.
 
     Channels j and j + head_dim/2 form a rotation pair; the first quarter of the pairs rotate with
     the y coordinate, the second with x. During training the coordinates are multiplied by one
     log-uniform factor in [1/rescale, rescale] per forward pass.
+
+    The tables come in the dtype q and k have: float32, or under autocast the autocast dtype (cast once per
+    forward, not in every block). Without the training-time rescale a grid's tables are the same every forward,
+    so they are computed once per (grid, prefix, device, dtype) and kept (not in compiled, traced or scripted
+    code; keyed on inv_freq's identity and version, cleared when the module moves). The values are those
+    computed afresh either way.
     """
+
+    __jit_ignored_attributes__ = ["_tables_cache"]
 
     def __init__(self, head_dim: int, theta: float = 100.0, rescale: Optional[float] = None) -> None:
         super().__init__()
@@ -164,10 +186,43 @@ class Rope2D(nn.Module):
         self.rescale = 1.0 if rescale is None else float(rescale)  # 1.0: off
         inv_freq = 1.0 / theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._tables_cache: dict = {}
 
     def forward(self, grid: tuple[int, int], device: torch.device, num_prefix: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin_signed), each (num_prefix + N, head_dim), float32; prefix rows are the identity rotation."""
+        """(cos, sin_signed), each (num_prefix + N, head_dim); prefix rows are the identity rotation."""
+        if torch.jit.is_scripting() or _fx_tracing():
+            return self.tables(grid, device, num_prefix)  # float32; apply_rope casts
+        return self._cached_tables(grid, device, num_prefix)
+
+    @torch.jit.unused
+    def _cached_tables(self, grid: tuple[int, int], device: torch.device, num_prefix: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.float32
+        if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        if ((self.training and self.rescale != 1.0) or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            cos, sin = self.tables(grid, device, num_prefix)
+            return cos.to(dtype), sin.to(dtype)
+        # inv_freq's identity and version: an in-place change or a new buffer is never served stale tables;
+        # inference mode: tables made there cannot be saved for a backward pass outside it
+        key = (tuple(grid), num_prefix, device, dtype, torch.is_inference_mode_enabled(), id(self.inv_freq),
+               self.inv_freq._version)
+        hit = self._tables_cache.get(key)
+        if hit is None:
+            if len(self._tables_cache) >= 16:  # a few grids and dtypes in use; never grows without bound
+                self._tables_cache = {}
+            cos, sin = self.tables(grid, device, num_prefix)
+            hit = self._tables_cache[key] = (cos.to(dtype), sin.to(dtype), self.inv_freq)
+        return hit[0], hit[1]
+
+    def _apply(self, fn, recurse: bool = True):  # .to() / .cuda() / .half(): tables of the old device go
+        self._tables_cache = {}
+        return super()._apply(fn, recurse)
+
+    def tables(self, grid: tuple[int, int], device: torch.device, num_prefix: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin_signed) computed afresh in float32 (in training with the rescale drawn for this call)."""
         h, w = grid
         cy = 2 * (torch.arange(0.5, h, device=device, dtype=torch.float32) / h) - 1
         cx = 2 * (torch.arange(0.5, w, device=device, dtype=torch.float32) / w) - 1

@@ -1,7 +1,7 @@
 """`nepa-eval cls`: classification transfer of a NEPA checkpoint: fine-tune, linear probe or k-NN.
 
     nepa-eval cls --ckpt PATH [--config CFG] [--data DATA] [--protocol finetune|linear|knn]
-                  [--work-dir DIR] [--resume] [--eval-only] [--check-data] [--launcher pytorch] [--cfg-options k=v ...]
+                  [--work-dir DIR] [--resume] [--eval-only] [--check-data] [--compile] [--launcher pytorch] [--cfg-options k=v ...]
 
 Fine-tuning and the linear probe run on mmengine's Runner (nepa_eval/tasks/cls.py, cls_configs/); k-NN extracts
 frozen features and votes (nepa_eval/tasks/knn.py). `--eval-only` evaluates a fine-tuned classifier (a release

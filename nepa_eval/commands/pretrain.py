@@ -1,5 +1,5 @@
-"""`nepa-eval pretrain [--config CFG] [--data DATA] [--work-dir DIR] [--resume] [--check-data] [--launcher pytorch]
-[--cfg-options k=v ...]`.
+"""`nepa-eval pretrain [--config CFG] [--data DATA] [--work-dir DIR] [--resume] [--check-data] [--compile]
+[--launcher pytorch] [--cfg-options k=v ...]`.
 
 Pretrains a NEPA backbone on mmengine's Runner (nepa_eval/tasks/pretrain.py, cls_configs/pretrain/). The run
 directory ends with config.py, scalars.jsonl, final_metrics.json (status ok / failed / collapsed / diverged,

@@ -1,5 +1,5 @@
 """`nepa-eval seg --ckpt PATH|none [--config CFG] [--data-root DIR] [--work-dir DIR] [--resume] [--test-only]
-[--inference slide|whole] [--launcher pytorch] [--amp] [--cfg-options k=v ...]`.
+[--inference slide|whole] [--compile] [--launcher pytorch] [--amp] [--cfg-options k=v ...]`.
 
 NEPA + UPerNet in mmsegmentation (nepa_eval/tasks/seg.py, seg_configs/). Without --config the ADE20K config
 is picked from the checkpoint's size (ViT-B -> nepa-b, ViT-L -> nepa-l). Trains, then evaluates; the run
