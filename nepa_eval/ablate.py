@@ -80,10 +80,28 @@ def stage_command(spec: TableSpec, scale: str, row: Row, stage: str, work_dir: P
     cmd += [str(a).format(**fill) for a in s.get("args", []) if stage != PIXELS_TASK]
     if ckpt is not None:
         cmd += ["--ckpt", ckpt]
-    opts = {**(s.get("options") or {}), **(extra or {}), **row.keys.get(stage, {})}
+    opts = {**(s.get("options") or {}), **for_stage(extra or {}, stage), **row.keys.get(stage, {})}
     if opts:
         cmd += ["--cfg-options"] + [f"{k}={_fmt(v)}" for k, v in opts.items()]
     return cmd
+
+
+STAGES = ("pretrain", "cls", "seg", PIXELS_TASK)
+
+
+def for_stage(options: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The --cfg-options of one stage: plain keys go to every stage, `STAGE:key` only to that stage (e.g.
+    `pretrain:train_cfg.max_iters=30`, which an epoch-based fine-tune would refuse)."""
+    out = {}
+    for k, v in options.items():
+        head, sep, key = k.partition(":")
+        if not sep:
+            out[k] = v
+        elif head not in STAGES:
+            raise ValueError(f"--cfg-options {k}: {head!r} is not a stage ({', '.join(STAGES)})")
+        elif head == stage:
+            out[key] = v
+    return out
 
 
 def backbone_file(run_dir: Path) -> str:
@@ -155,11 +173,16 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) ->
 
 
 def _finished(run_dir: Path, argv: list[str]) -> Optional[str]:
-    """The status of a finished run made by exactly this command, else None."""
+    """The status of a finished run made by exactly this command from the checkpoint as it is now, else None."""
     made_by = run_dir / COMMAND_FILE
     if not made_by.is_file() or made_by.read_text().strip() != shlex.join(argv):
         return None
     status = read_final(run_dir).get("status")
+    if "--ckpt" in argv:  # a run older than the checkpoint it started from started from another one: redo it
+        ckpt = Path(argv[argv.index("--ckpt") + 1])
+        final = run_dir / "final_metrics.json"
+        if ckpt.is_file() and final.is_file() and ckpt.stat().st_mtime > final.stat().st_mtime:
+            return None
     return status if status in REUSE else None
 
 
@@ -286,7 +309,7 @@ def write_paper(spec: TableSpec, args: argparse.Namespace) -> Path:
         for stage in row_stages(row, stages):
             s = stage_setting(spec, "paper", stage)
             base = s.get("large" if row.size == "large" else "config", s["config"])
-            keys = {**(s.get("options") or {}), **args.cfg_options, **row.keys.get(stage, {})}
+            keys = {**(s.get("options") or {}), **for_stage(args.cfg_options, stage), **row.keys.get(stage, {})}
             cfg = write_row_config(root / "configs" / f"{row.name}_{stage}.py", base, keys,
                                    f"{spec.name} / {row.label}: {stage} ({'paper: ' + str(row.paper)})")
             run_dir = root / row.name / stage

@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default="work_dirs/ablate", help="root of the run directories [%(default)s]")
     p.add_argument("--out", help="report folder (default: reports/out/<table>)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
-                   help="extra config overrides for every run (before the rows' own keys), e.g. a data root or "
-                        "train_cfg.max_iters=100")
+                   help="extra config overrides for every run (before the rows' own keys), e.g. a data root; "
+                        "STAGE:KEY=VALUE for one stage only, e.g. pretrain:train_cfg.max_iters=100")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="tiny scale: run every row N times (seeds 0..N-1); the table shows mean ± std and marks a "
                         "direction only where it holds beyond the spread [1]")
