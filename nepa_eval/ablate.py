@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nepa_eval.engine import ROOT, read_final, update_final
-from nepa_eval.report import PIXELS_TASK, Row, TableSpec, load_spec, read_config, run_report, scalars_of
+from nepa_eval.report import (PIXELS_TASK, Row, TableSpec, cell_line, load_spec, read_config, run_report,
+                              scalars_of)
 
 REUSE = ("ok", "collapsed", "diverged", "trivial")  # finished runs; "failed" (a crash) and "running" (killed) run again
 COMMAND_FILE = "ablate_command.txt"  # the command that made the run: a run made by another command is redone
@@ -347,10 +348,7 @@ def run(args: argparse.Namespace) -> int:
     res = results[0]
     print(f"[nepa] ablate {spec.name}: {time.time() - t0:.0f}s")
     for c in res.cells:
-        if c.status == "reference":
-            continue
-        spread = f" ± {c.spread_text}" if c.std is not None else ""
-        print(f"  {c.row.label:40s} paper {str(c.row.paper if c.row.paper is not None else '-'):>6s}   ours "
-              f"{(c.ours_text or c.status) + spread:>14s} {c.metric:12s} {('agrees: ' + c.agrees) if c.agrees else ''}")
+        if c.status != "reference":
+            print(cell_line(c))
     print(f"CSV: {res.csv}\nsummary: {summary}")
     return 0

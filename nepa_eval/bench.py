@@ -72,6 +72,11 @@ def backbone_models(depth: int, res: int) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
+def bench_dtypes(dev: torch.device, fp32_only: bool) -> dict[str, Optional[torch.dtype]]:
+    """The dtypes a backbone benchmark times: float32, and bf16 autocast unless --fp32-only on a CPU."""
+    return {"float32": None} if dev.type == "cpu" and fp32_only else {"float32": None, "bf16": torch.bfloat16}
+
+
 # the issue's targets, checked on the printed rows of our causal model: (mode, dtype, what, threshold)
 TARGETS = (("eager", "float32", "speed", 1.0), ("eager", "bf16", "speed", 1.2), ("compiled", "float32", "speed", 1.0),
            ("compiled", "bf16", "peak", 0.65))
@@ -89,7 +94,7 @@ def bench_backbone(args: argparse.Namespace) -> list[dict]:
     tokens = 1 + (res // 14) ** 2
     models = backbone_models(depth, res)
     modes = ("eager", "compiled") if args.compile else ("eager",)
-    dtypes = {"float32": None} if dev.type == "cpu" and args.fp32_only else {"float32": None, "bf16": torch.bfloat16}
+    dtypes = bench_dtypes(dev, args.fp32_only)
     flops = vit_train_flops(768, depth, tokens, 2048, True, bs)
     peaks = {name: matmul_peak(dev, dt or torch.float32) for name, dt in dtypes.items()}
     print(f"# backbone train step (forward_features, backward, SGD): ViT-B width, depth {depth}, {res}x{res} patch 14 "
@@ -144,7 +149,7 @@ def profile_backbone(args: argparse.Namespace, row_limit: int = 25) -> dict[str,
 
     dev = device_of(args.device)
     models = backbone_models(args.depth, args.img_size)
-    dtypes = {"float32": None} if dev.type == "cpu" and args.fp32_only else {"float32": None, "bf16": torch.bfloat16}
+    dtypes = bench_dtypes(dev, args.fp32_only)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     out: dict[str, list] = {}
     for dname, dt in dtypes.items():
@@ -171,7 +176,7 @@ def profile_backbone(args: argparse.Namespace, row_limit: int = 25) -> dict[str,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("which", nargs="*", default=["backbone"], help=f"benchmarks to run (default: backbone)")
+    p.add_argument("which", nargs="*", default=["backbone"], help="benchmarks to run (default: backbone)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--img-size", type=int, default=224)

@@ -1,7 +1,7 @@
-"""The demo (`nepa-eval demo`): the whole flow at tiny scale on built-in data, offline, on a CPU (about ten minutes on 2 cores).
+"""The demo (`nepa-eval demo`): the whole flow at tiny scale on built-in data, offline, on a CPU (about eleven minutes on 2 cores).
 
 1. the core ablation (`ablate core --scale tiny`), scored as the paper scores it: four pretrainings on
-   Fashion-MNIST, each fine-tuned (`nepa-eval cls`, 4,000 labels) unless it failed, the same fine-tune from random
+   Fashion-MNIST, each fine-tuned (`nepa-eval cls`, 10,000 labels) unless it failed, the same fine-tune from random
    initialisation, and the raw-pixel references (`nepa-eval pixels`); its 'full' row is the demo's backbone, and its
    fine-tune is also the ImageNet table's tiny row (NEPA-T);
 2. segmentation on the Fashion-MNIST mosaic set (`make-data mosaic`, then `nepa-eval seg`, the ADE20K tiny row);
@@ -30,7 +30,7 @@ def _photos() -> Path | None:
 def run(args: argparse.Namespace) -> int:
     """Run the steps in order, print each step's time, end with the summary page's path."""
     from nepa_eval import ablate
-    from nepa_eval.report import run_report
+    from nepa_eval.report import cell_line, run_report
 
     t_start = time.time()
     times: dict[str, float] = {}
@@ -76,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
         for c in res.cells:
             if c.status == "reference":
                 continue
-            extra = "".join(f"  {k} {'' if v is None else f'{v:.2f}'}" for k, v in c.extras.items())
-            print(f"  {c.row.label:52s} paper {str(c.row.paper if c.row.paper is not None else '-'):>5s}   ours "
-                  f"{c.ours_text or c.status:>7s} {c.metric:11s} {c.scale:5s}{extra}"
-                  + (f"  agrees: {c.agrees}" if c.agrees else ""))
+            print(cell_line(c, label_width=52))
     print("\n" + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) + f"; total {time.time() - t_start:.0f}s")
     print(f"\nsummary page: {summary.resolve()}")
     return 0

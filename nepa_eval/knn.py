@@ -76,16 +76,13 @@ def knn_eval(backbone: torch.nn.Module, train_data: dict, test_data: dict, k: in
     `num_classes`: None = from the data. `with_counts`: also train_images / test_images."""
     from torch.utils.data import DataLoader
 
-    from mmengine.registry import DATASETS
-
-    from nepa_eval.data.sources import ImageDataset
+    from nepa_eval.data.sources import build_image_dataset
     from nepa_eval.data.transforms import collate
 
     def loader(spec: dict) -> DataLoader:
         spec = dict(spec)
         spec.setdefault("transform", dict(kind="resize", img_size=backbone.cfg.img_size))
-        ds = DATASETS.build(spec) if "type" in spec else ImageDataset(**spec)  # a config's dataset, or sources
-        return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        return DataLoader(build_image_dataset(spec), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                           collate_fn=collate)
 
     train_loader, test_loader = loader(train_data), loader(test_data)

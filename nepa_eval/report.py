@@ -433,13 +433,26 @@ class Cell:
 
     @property
     def ours_text(self) -> str:
-        if self.status == "fail":
-            return "fail"
-        return "" if self.ours is None else f"{self.ours:.2f}"
+        return "fail" if self.status == "fail" else fmt_num(self.ours)
 
     @property
     def spread_text(self) -> str:
-        return "" if self.std is None else f"{self.std:.2f}"
+        return fmt_num(self.std)
+
+
+def fmt_num(v: Optional[float]) -> str:
+    """A table number as every output prints it: two decimals, empty when absent."""
+    return "" if v is None else f"{v:.2f}"
+
+
+def cell_line(c: Cell, label_width: int = 44) -> str:
+    """One cell as a console line (ablate's and the demo's printout): ours (± std), metric, scale, the extra
+    columns, agrees."""
+    paper = str(c.row.paper if c.row.paper is not None else "-")
+    ours = (c.ours_text or c.status) + (f" ± {c.spread_text}" if c.std is not None else "")
+    extra = "".join(f"  {k} {fmt_num(v)}" for k, v in c.extras.items())
+    return (f"  {c.row.label:{label_width}s} paper {paper:>6s}   ours {ours:>14s} {c.metric:11s} {c.scale:5s}{extra}"
+            + (f"  agrees: {c.agrees}" if c.agrees else ""))
 
 
 def _pick(runs: list[Run]) -> Run:
@@ -482,8 +495,9 @@ def _fill(spec: TableSpec, cell: Cell, at: list[Run], metric: str) -> None:
     chosen = [_pick(rs) for rs in by_seed.values()]
     cell.run = max(chosen, key=lambda r: r.mtime)
     cell.scale = cell.run.scale
-    bad = [(r, next(x for x in r.lineage() if x.failed)) for r in chosen if any(x.failed for x in r.lineage())]
-    good = [r for r in chosen if r.status != "running" and all(not x.failed for x in r.lineage())]
+    failure = {id(r): next((x for x in r.lineage() if x.failed), None) for r in chosen}  # the first failed run
+    bad = [(r, failure[id(r)]) for r in chosen if failure[id(r)] is not None]
+    good = [r for r in chosen if r.status != "running" and failure[id(r)] is None]
     if len(bad) * 2 > len(chosen):  # most seeds failed: the row failed, as the paper prints it
         run, why = bad[0]
         cell.run, cell.status = run, "fail"
@@ -580,7 +594,7 @@ def write_csv(spec: TableSpec, cells: list[Cell], out: Path) -> Path:
             paper = "" if c.row.paper is None else c.row.paper
             w.writerow([c.row.name, c.row.label, paper, c.ours_text, c.spread_text, c.seeds or "", c.metric, c.scale,
                         c.status, c.agrees, str(c.run.path) if c.run else "", c.reason]
-                       + [_num(c.extras.get(k)) for k in spec.columns])
+                       + [fmt_num(c.extras.get(k)) for k in spec.columns])
     return path
 
 
@@ -697,10 +711,6 @@ def plot_curves(spec: TableSpec, cells: list[Cell], out: Path, keys: Optional[li
     return path
 
 
-def _num(v: Optional[float]) -> str:
-    return "" if v is None else f"{v:.2f}"
-
-
 def markdown_table(cells: list[Cell], columns: Optional[dict[str, dict[str, Any]]] = None) -> str:
     """The cells as a Markdown table: ours as mean ± std where there are several seeds, the scale of each number."""
     columns = columns or {}
@@ -713,7 +723,7 @@ def markdown_table(cells: list[Cell], columns: Optional[dict[str, dict[str, Any]
         run = "/".join(c.run.path.parts[-3:]) if c.run else ""
         status = c.status + (f" ({c.reason})" if c.reason and (c.status != "ok" or c.seeds > 1) else "")
         ours = c.ours_text + (f" ± {c.spread_text} ({c.seeds} seeds)" if c.std is not None else "")
-        cols = [_num(c.extras.get(k)) for k in columns]
+        cols = [fmt_num(c.extras.get(k)) for k in columns]
         body += ("| " + " | ".join([c.row.label, str(paper), ours, *cols, c.metric, c.scale,
                                      status.replace("|", "/"), c.agrees, run]) + " |\n")
     return head + body

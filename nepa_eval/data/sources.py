@@ -424,3 +424,9 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         return self.data[i]
+
+
+def build_image_dataset(spec: dict) -> Dataset:
+    """A dataset from its arguments: a config's dataset dict (with `type`, built by mmengine's registry), or
+    ImageDataset arguments (source, root, split, ...)."""
+    return DATASETS.build(spec) if "type" in spec else ImageDataset(**spec)

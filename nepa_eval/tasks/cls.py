@@ -237,11 +237,10 @@ class ClsRecordHook(Hook):
         from nepa_eval.knn import knn_eval
 
         bb = self._model(runner).backbone
-        spec = knn_cfg(runner.cfg)
-        res = knn_eval(bb, spec.train_data, spec.test_data, k=spec.knn["k"], temperature=spec.knn["temperature"],
-                       batch_size=spec.knn["batch_size"], pool=spec.knn["pool"], device=next(bb.parameters()).device,
-                       num_classes=spec.num_classes)
-        bb.train()
+        train_data, test_data, knn = knn_inputs(runner.cfg)  # (knn_eval puts the backbone back in train mode)
+        res = knn_eval(bb, train_data, test_data, k=knn["k"], temperature=knn["temperature"],
+                       batch_size=knn["batch_size"], pool=knn["pool"], device=next(bb.parameters()).device,
+                       num_classes=int(runner.cfg.model.num_classes))
         update_final(runner.work_dir, init_knn_top1=res["knn_top1"])
         runner.logger.info(f"[nepa] k-NN top-1 of the starting backbone on this run's data: {res['knn_top1']:.2f}%")
 
@@ -420,25 +419,28 @@ def _to_eval_only(cfg: Any) -> None:
     cfg.test_dataloader = cfg.val_dataloader
 
 
-def knn_cfg(cls_cfg: Any) -> Any:
-    """The k-NN config of a resolved `nepa-eval cls --protocol knn` config: its train split as the memory bank
-    (encoded like the queries: the eval transform, no augmentation), its val split as the queries."""
-    from mmengine.config import Config
-
+def knn_inputs(cls_cfg: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(train_data, test_data, knn settings) of k-NN on a classification config's data: its train split as the
+    memory bank (encoded like the queries: the eval transform, no augmentation), its val split as the queries."""
     from nepa_eval.tasks.knn import KNN_DEFAULTS
-
-    def spec(loader: Any, transform: Any) -> dict[str, Any]:
-        return {**loader.dataset, "transform": transform}
 
     eval_tf = cls_cfg.val_dataloader.dataset.get("transform")
     knn = dict(KNN_DEFAULTS, **(cls_cfg.get("knn") or {}), batch_size=cls_cfg.val_dataloader.get("batch_size", 256))
+    return ({**cls_cfg.train_dataloader.dataset, "transform": eval_tf},
+            {**cls_cfg.val_dataloader.dataset, "transform": eval_tf}, knn)
+
+
+def knn_cfg(cls_cfg: Any) -> Any:
+    """The k-NN config (nepa_eval/tasks/knn.py) of a resolved `nepa-eval cls --protocol knn` config."""
+    from mmengine.config import Config
+
+    train_data, test_data, knn = knn_inputs(cls_cfg)
     return Config(dict(
         task="knn", ckpt=cls_cfg.model.ckpt, ema=bool(cls_cfg.model.get("ckpt_ema")), random_init=False, seed=0,
         device="auto", data=None, json=None, work_dir=cls_cfg.work_dir, record=dict(task="cls", protocol="knn"),
         num_classes=int(cls_cfg.model.num_classes), config_dump=cls_cfg.pretty_text,
         backbone={k: v for k, v in (cls_cfg.model.get("backbone") or {}).items() if k in RUNTIME_FIELDS},
-        train_data=spec(cls_cfg.train_dataloader, eval_tf), test_data=spec(cls_cfg.val_dataloader, eval_tf),
-        knn=knn))
+        train_data=train_data, test_data=test_data, knn=knn))
 
 
 def run(cfg: Any) -> int:

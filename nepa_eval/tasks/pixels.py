@@ -36,12 +36,10 @@ def _pixels(spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a dataset spec as flat float vectors (N, C*H*W) and their labels."""
     from torch.utils.data import DataLoader
 
-    from mmengine.registry import DATASETS
-
-    from nepa_eval.data import sources  # noqa: F401  (registers the datasets)
+    from nepa_eval.data.sources import build_image_dataset
     from nepa_eval.data.transforms import collate
 
-    ds = DATASETS.build(spec) if "type" in spec else sources.ImageDataset(**spec)
+    ds = build_image_dataset(spec)
     xs, ys = [], []
     grey = True
     for batch in DataLoader(ds, batch_size=500, shuffle=False, collate_fn=collate):
