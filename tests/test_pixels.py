@@ -48,3 +48,9 @@ def test_pixels_command_on_a_config_data(tmp_path):
     top, idx = (fte @ ftr.T).topk(20, dim=1)
     votes = torch.zeros(100, 10).scatter_add_(1, ytr[idx], (top / 0.07).exp())
     assert final["knn_top1"] == pytest.approx(100 * (votes.argmax(1) == yte).float().mean().item(), abs=1e-6)
+
+
+def test_a_missing_config_is_named_with_the_fix(tmp_path, capsys):
+    assert cli(["pixels", "--config", str(tmp_path / "nope.py"), "--work-dir", str(tmp_path / "px")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.py: no such file" in err and "cls_configs/finetune/nepa-t_fmnist.py" in err

@@ -24,6 +24,9 @@ HOLD_OUT = 0.1
 
 def build_cfg(args: Any) -> Config:
     """The classification config, with --cfg-options, and where the result goes."""
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file; give a classification config, e.g. "
+                                "cls_configs/finetune/nepa-t_fmnist.py")
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
