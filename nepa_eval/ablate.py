@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,16 +129,20 @@ def _budget(run_dir: Path) -> tuple[Optional[int], str]:
     return None, "it"
 
 
-def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False) -> str:
-    """Run one `nepa-eval` stage as a child process (output to console.log) with a progress bar; its status."""
+def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False, threads: Optional[int] = None,
+              position: Optional[int] = None) -> str:
+    """Run one `nepa-eval` stage as a child process (output to console.log) with a progress bar; its status.
+    threads: the child's intra-op threads (OMP/MKL), else torch's default; position: the bar's line."""
     from tqdm import tqdm
 
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "console.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.time()
     with open(log, "w") as f, tqdm(desc=desc, total=None, disable=quiet, leave=True, dynamic_ncols=True,
-                                   unit="it", mininterval=1e9) as bar:  # no automatic redraws
+                                   unit="it", mininterval=1e9, position=position) as bar:  # no automatic redraws
         f.write("$ nepa-eval " + shlex.join(argv) + "\n")
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", "nepa_eval.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
@@ -187,7 +194,8 @@ def _finished(run_dir: Path, argv: list[str]) -> Optional[str]:
     return status if status in REUSE else None
 
 
-def ensure_stage(argv: list[str], run_dir: Path, desc: str, force: bool, quiet: bool) -> str:
+def ensure_stage(argv: list[str], run_dir: Path, desc: str, force: bool, quiet: bool, threads: Optional[int] = None,
+                 position: Optional[int] = None) -> str:
     """Run a stage unless a finished run of the same command is there; any other run directory is cleared first."""
     if not force and (done := _finished(run_dir, argv)):
         print(f"[nepa] {desc}: reusing {run_dir} ({done})")
@@ -196,7 +204,7 @@ def ensure_stage(argv: list[str], run_dir: Path, desc: str, force: bool, quiet: 
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / COMMAND_FILE).write_text(shlex.join(argv) + "\n")
-    return run_stage(argv, run_dir, desc, quiet)
+    return run_stage(argv, run_dir, desc, quiet, threads, position)
 
 
 def ensure_mosaic(root: str, quiet: bool) -> None:
@@ -208,8 +216,53 @@ def ensure_mosaic(root: str, quiet: bool) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+@dataclass
+class Stage:
+    """One stage of a row: the `nepa-eval` arguments, its run directory, its progress-bar label."""
+    argv: list[str]
+    run_dir: Path
+    desc: str
+
+
+def cpu_count() -> int:
+    """The cores this process may use (the affinity mask where the OS has one, as under a batch scheduler)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_chains(chains: list[list[Stage]], jobs: int, force: bool, quiet: bool) -> None:
+    """Run each chain's stages in order; a stage that ends other than ok ends its chain (a collapsed or trivial
+    pretraining is the row's result: nothing to fine-tune). With jobs > 1, that many chains run at once, each
+    process on cores // jobs threads: a tiny model uses a second thread poorly, so two one-thread runs side by side
+    finish sooner than the same two one after the other (`nepa-eval bench jobs` measures it)."""
+    jobs = max(1, min(jobs, len(chains)))
+    threads = max(1, cpu_count() // jobs) if jobs > 1 else None
+    tty = sys.stdout.isatty()  # a line per running chain's bar; a log file gets every bar on its one line
+    slots: queue.Queue[int] = queue.Queue()
+    for k in range(jobs):
+        slots.put(k)
+
+    def work(chain: list[Stage]) -> None:
+        slot = slots.get()
+        try:
+            for st in chain:
+                if ensure_stage(st.argv, st.run_dir, st.desc, force, quiet, threads=threads,
+                                position=None if jobs == 1 else slot if tty else 0) != "ok":
+                    break
+        finally:
+            slots.put(slot)
+
+    if jobs == 1:
+        for chain in chains:
+            work(chain)
+        return
+    with ThreadPoolExecutor(jobs) as pool:
+        for fut in [pool.submit(work, chain) for chain in chains]:
+            fut.result()  # re-raises a chain's error here
+
+
 def run_tiny(spec: TableSpec, args: argparse.Namespace) -> Path:
-    """Run every row's stages here, one after another; returns the table's run folder."""
+    """Run every row's stages here (a row's stages in order; `args.jobs` rows at once); returns the table's run
+    folder."""
     root = Path(args.work_dir) / "tiny" / spec.name
     stages = stages_to_run(spec, "tiny")
     rows = rows_to_run(spec, "tiny", args.rows)
@@ -226,24 +279,26 @@ def run_tiny(spec: TableSpec, args: argparse.Namespace) -> Path:
     if "seg" in stages and not args.dry_run:
         ensure_mosaic(str(stage_setting(spec, "tiny", "seg").get("data_root")), args.quiet)
     seeds = max(1, int(getattr(args, "seeds", 1) or 1))
+    chains: list[list[Stage]] = []  # one per row and seed: its stages in order
     for i, row in enumerate(rows, 1):
         for seed in range(seeds if row.task is None else 1):  # the pixel references have no seed
             row_dir = root / row.name / (f"seed{seed}" if seed else "")
             extra = {**args.cfg_options, **({"randomness.seed": seed} if seed else {})}  # seed 0: the configs' own
             ckpt = "none" if row.init == "random" else base_ckpt
+            chain = []
             for stage in row_stages(row, stages):
                 run_dir = row_dir / stage
-                argv = stage_command(spec, "tiny", row, stage, run_dir, ckpt, extra)
                 desc = f"[{i}/{len(rows)}] {row.name}{f' seed {seed}' if seeds > 1 else ''}: {stage}"
-                if args.dry_run:
-                    print("nepa-eval " + shlex.join(argv))
-                    status = "ok"
-                else:
-                    status = ensure_stage(argv, run_dir, desc, args.force, args.quiet)
-                if status != "ok":
-                    break  # a collapsed / trivial pretraining is the row's result ("fail"); nothing to fine-tune
+                chain.append(Stage(stage_command(spec, "tiny", row, stage, run_dir, ckpt, extra), run_dir, desc))
                 if stage == "pretrain":
                     ckpt = backbone_file(run_dir)
+            chains.append(chain)
+    if args.dry_run:
+        for chain in chains:
+            for st in chain:
+                print("nepa-eval " + shlex.join(st.argv))
+    else:
+        run_chains(chains, int(getattr(args, "jobs", 1) or 1), args.force, args.quiet)
     return root
 
 

@@ -4,7 +4,7 @@
 same width, depth, 2D RoPE, QK-Norm, SwiGLU and LayerScale, eager and compiled (--compile), float32 and bf16
 autocast, each row as speed vs EVA-B in its mode and dtype and as a fraction of the GEMM peak measured in the
 same run; --profile adds torch.profiler's op tables. Other benchmarks register into BENCHES (pretraining step,
-segmentation step).
+segmentation step, `jobs`: ablate's rows at once against in turn).
 """
 from __future__ import annotations
 
@@ -189,6 +189,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "of EVA-B per dtype")
     p.add_argument("--fp32-only", action="store_true", help="skip bf16 autocast (slow on CPUs without bf16 units)")
     p.add_argument("--seg-size", type=int, default=512, help="seg: crop size (default 512, ADE20K's)")
+    p.add_argument("--jobs", type=int, default=2, help="jobs: runs at once (default 2)")
+    p.add_argument("--jobs-steps", type=int, default=100, help="jobs: pretraining steps of each run (default 100)")
     p.add_argument("--seg-batch", type=int, default=2, help="seg: images per iteration (default 2; UPerNet's BN needs 2)")
 
 
@@ -206,6 +208,37 @@ def bench_seg(args: argparse.Namespace) -> None:
     from nepa_eval.tasks.seg import bench_seg as run
 
     run(args)
+
+
+@bench("jobs")
+def bench_jobs(args: argparse.Namespace) -> None:
+    """`ablate --jobs N` against one run after another: N tiny pretrainings (the real command, through ablate's
+    runner), first in turn on torch's default threads, then all at once on cores/N threads each."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from nepa_eval.ablate import Stage, cpu_count, run_chains
+
+    n = max(2, args.jobs)
+    with tempfile.TemporaryDirectory() as tmp:
+        def chains(tag: str) -> list[list[Stage]]:
+            return [[Stage(["pretrain", "--config", "cls_configs/pretrain/nepa_tiny_fmnist.py", "--work-dir",
+                            f"{tmp}/{tag}{k}", "--seed", str(k), "--cfg-options",
+                            f"train_cfg.max_iters={args.jobs_steps}", "custom_hooks.2.enabled=False"],
+                           Path(tmp) / f"{tag}{k}", f"{tag} run {k}")] for k in range(n)]
+
+        wall = {}
+        for tag, jobs in (("in turn", 1), ("at once", n)):
+            t0 = time.perf_counter()
+            run_chains(chains(tag), jobs, force=True, quiet=True)
+            wall[tag] = time.perf_counter() - t0
+    print(f"\n{n} tiny pretrainings of {args.jobs_steps} steps each (process start-up included), "
+          f"{cpu_count()} cores, torch {torch.__version__}")
+    print(f"| mode | threads per run | wall (s) | speed vs in turn |\n|---|---|---|---|")
+    print(f"| in turn | {torch.get_num_threads()} (default) | {wall['in turn']:.1f} | 1.00x |")
+    print(f"| {n} at once | {max(1, cpu_count() // n)} | {wall['at once']:.1f} | "
+          f"{wall['in turn'] / wall['at once']:.2f}x |")
 
 
 def main(args: argparse.Namespace) -> int:

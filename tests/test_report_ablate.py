@@ -2,6 +2,7 @@
 import csv
 import json
 import shlex
+import threading
 
 import pytest
 from mmengine.config import Config
@@ -60,7 +61,7 @@ def _args(tmp_path, **kw):
 
 def fake_stage(calls, statuses):
     """Stands in for a `nepa-eval` process: writes the run directory that command would write."""
-    def run(argv, run_dir, desc, quiet=False):
+    def run(argv, run_dir, desc, quiet=False, threads=None, position=None):
         calls.append(argv)
         parts = [p for p in run_dir.parts[:-1] if not p.startswith("seed")]
         stage, row = argv[0], parts[-1]
@@ -116,6 +117,34 @@ def test_tiny_scale_runs_rows_then_reports(tmp_path, monkeypatch):
     # a second call reuses the finished runs (a collapsed one too) and runs nothing
     assert cli_main(["ablate", "core", "--work-dir", "wd", "--out", str(out), "--quiet"]) == 0
     assert len(calls) == 9
+
+
+def test_jobs_run_rows_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypatch):
+    """--jobs 2: two rows' stages are in flight at once (the fake waits for a second one), each child is told
+    cores // 2 threads, a row's stages keep their order, and the table is the one the rows make in turn."""
+    calls, threads = [], []
+    fake = fake_stage(calls, {"no_stop_grad": "collapsed"})
+    both = threading.Barrier(2, timeout=30)  # broken (the test fails) unless two stages run at the same time
+
+    def run(argv, run_dir, desc, quiet=False, threads_=None, position=None):
+        if argv[0] == "pretrain" and run_dir.parent.name in ("full", "no_shift"):  # the first two rows
+            both.wait()
+        threads.append(threads_)
+        return fake(argv, run_dir, desc, quiet)
+
+    monkeypatch.setattr(ablate, "run_stage", run)
+    monkeypatch.setattr(ablate, "cpu_count", lambda: 4)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["ablate", "core", "--jobs", "2", "--work-dir", "wd", "--out", "out", "--quiet"]) == 0
+    done = [(c[0], c[c.index("--work-dir") + 1].split("/")[-2]) for c in calls]
+    assert sorted(done) == sorted([("pretrain", "full"), ("cls", "full"), ("pretrain", "no_shift"),
+                                   ("cls", "no_shift"), ("pretrain", "no_causal"), ("cls", "no_causal"),
+                                   ("pretrain", "no_stop_grad"), ("cls", "random_init"), ("pixels", "raw_pixels")])
+    for row in ("full", "no_shift", "no_causal"):
+        assert done.index(("pretrain", row)) < done.index(("cls", row))
+    assert threads == [2] * len(calls)
+    rows = {r["row"]: r for r in csv.DictReader(open(tmp_path / "out" / "core.csv"))}
+    assert rows["full"]["ours"] == "54.00" and rows["no_stop_grad"]["status"] == "fail"
 
 
 def test_seeds_run_every_row_n_times_and_the_table_averages(tmp_path, monkeypatch):

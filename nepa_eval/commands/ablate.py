@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="tiny scale: run every row N times (seeds 0..N-1); the table shows mean ± std and marks a "
                         "direction only where it holds beyond the spread [1]")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="tiny scale: run N rows at once, each process on cores/N threads (a tiny model uses a "
+                        "second thread poorly: on 2 cores, --jobs 2 finishes a table sooner) [1]")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
