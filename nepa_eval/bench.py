@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from nepa_eval.timing import device_of, matmul_peak, peak_memory, time_fn
+from nepa_eval.timing import device_of, gemm_time, matmul_peak, peak_memory, time_fn
 
 BENCHES: dict[str, Callable[[argparse.Namespace], None]] = {}
 
@@ -49,6 +49,20 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, autocast: Optional[torch.dt
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
+
+
+def vit_train_gemms(embed_dim: int, depth: int, tokens: int, mlp_hidden: int, heads: int,
+                    batch: int) -> list[tuple[int, int, int, int, int]]:
+    """The GEMMs of one train step of a SwiGLU ViT as (count, batch, m, k, n): each linear's forward, input
+    gradient and weight gradient, and the attention's two batched products with their four gradients. Their FLOPs
+    are vit_train_flops(..., gated=True)."""
+    d, t, h, m = embed_dim, tokens, mlp_hidden, batch * tokens
+    out = []
+    for k, n in ((d, 3 * d), (d, d), (d, 2 * h), (h, d)):  # qkv, attention out, SwiGLU in (fused pair), out
+        out += [(depth, 1, m, k, n), (depth, 1, m, n, k), (depth, 1, k, m, n)]  # forward, d input, d weight
+    bh, hd = batch * heads, d // heads
+    # q k^T (t, hd, t) and its gradient of attn v; attn v (t, t, hd) with both gradients of q k^T and one of attn v
+    return out + [(2 * depth, bh, t, hd, t), (4 * depth, bh, t, t, hd)]
 
 
 REFERENCE = "timm eva-b"  # the row every other row of its mode and dtype is compared with
@@ -97,14 +111,20 @@ def bench_backbone(args: argparse.Namespace) -> list[dict]:
     dtypes = bench_dtypes(dev, args.fp32_only)
     flops = vit_train_flops(768, depth, tokens, 2048, True, bs)
     peaks = {name: matmul_peak(dev, dt or torch.float32) for name, dt in dtypes.items()}
+    gemms = vit_train_gemms(768, depth, tokens, 2048, 12, bs)
+    floors = {name: gemm_time(dev, dt or torch.float32, gemms) for name, dt in dtypes.items()}
     print(f"# backbone train step (forward_features, backward, SGD): ViT-B width, depth {depth}, {res}x{res} patch 14 "
           f"({tokens} tokens), batch {bs}, {dev.type}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"median of {args.iters} after {args.warmup} warm-up step(s), compiled rows at least 2")
     print("# GEMM peak measured (square matmuls, best of 1024/2048/4096): "
           + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
           + "; achieved = dense matmul FLOPs of the step (causal attention counted in full) / time / peak")
-    print("| mode | dtype | model | img/s | ms/step | speed vs EVA-B | achieved / GEMM peak | peak mem (MiB) |")
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("# the step's own GEMMs at their shapes, each timed alone: "
+          + ", ".join(f"{k} {1000 * v:.1f} ms = {100 * flops / v / peaks[k]:.0f}% of peak" for k, v in floors.items())
+          + " (the most a step can reach); GEMM share = that time / the row's time")
+    print("| mode | dtype | model | img/s | ms/step | speed vs EVA-B | achieved / GEMM peak | peak mem (MiB) "
+          "| GEMM share |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     rows: list[dict] = []
     for mode in modes:
         for dname, dt in dtypes.items():
@@ -119,11 +139,11 @@ def bench_backbone(args: argparse.Namespace) -> list[dict]:
                 mem = peak_memory(step, dev)
                 ref = sec if ref is None else ref
                 r = dict(mode=mode, dtype=dname, model=mname, ips=bs / sec, ms=1000 * sec, speed=ref / sec,
-                         peak=flops / sec / peaks[dname], mem=mem)
+                         peak=flops / sec / peaks[dname], mem=mem, gemm_share=floors[dname] / sec)
                 rows.append(r)
                 mem_s = "n/a" if mem is None else f"{mem:.0f}"
                 print(f"| {mode} | {dname} | {mname} | {r['ips']:.2f} | {r['ms']:.1f} | {r['speed']:.2f}x | "
-                      f"{100 * r['peak']:.1f}% | {mem_s} |", flush=True)
+                      f"{100 * r['peak']:.1f}% | {mem_s} | {100 * r['gemm_share']:.0f}% |", flush=True)
                 del model, step
     torch._dynamo.reset()
     ours = {(r["mode"], r["dtype"]): r for r in rows if r["model"] == "nepa (causal)"}

@@ -49,3 +49,15 @@ def matmul_peak(dev: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = 
         b = torch.randn(n, n, device=dev, dtype=dtype)
         best = max(best, 2 * n**3 / time_fn(lambda: a @ b, dev, 3, 5))
     return best
+
+
+def gemm_time(dev: torch.device, dtype: torch.dtype, gemms: list[tuple[int, int, int, int, int]]) -> float:
+    """Seconds for a list of (count, batch, m, k, n) matmuls, each shape timed alone (median) in `dtype`: what a
+    step made of these GEMMs would take if nothing else cost time."""
+    total = 0.0
+    for count, b, m, k, n in gemms:
+        a = torch.randn(b, m, k, device=dev, dtype=dtype)
+        w = torch.randn(b, k, n, device=dev, dtype=dtype)
+        fn = (lambda: a[0] @ w[0]) if b == 1 else (lambda: torch.bmm(a, w))
+        total += count * time_fn(fn, dev, 2, 5)
+    return total

@@ -16,6 +16,7 @@ def parse(out: str) -> list[list[str]]:
 
 def test_backbone_table_compares_each_row_with_eva_in_its_mode_and_dtype(capsys, monkeypatch):
     monkeypatch.setattr(bench, "matmul_peak", lambda dev, dtype: 1e11 if dtype.itemsize == 4 else 4e11)
+    monkeypatch.setattr(bench, "gemm_time", lambda dev, dtype, gemms: 0.002 if dtype.itemsize == 4 else 0.001)
     args = argparse.Namespace(device="cpu", batch_size=1, img_size=28, depth=1, warmup=0, iters=1, compile=False,
                               fp32_only=False, profile=False)
     rows = bench.BENCHES["backbone"](args)
@@ -29,6 +30,8 @@ def test_backbone_table_compares_each_row_with_eva_in_its_mode_and_dtype(capsys,
         assert r["peak"] == pytest.approx(flops / (r["ms"] / 1000) / (1e11 if r["dtype"] == "float32" else 4e11))
         assert cells[5] == f"{r['speed']:.2f}x" and cells[6] == f"{100 * r['peak']:.1f}%"
         assert float(cells[3]) == pytest.approx(1000 / r["ms"], rel=0.01)  # img/s of batch 1
+        share = (2.0 if r["dtype"] == "float32" else 1.0) / r["ms"]  # the GEMMs' time over the row's
+        assert r["gemm_share"] == pytest.approx(share) and cells[8] == f"{100 * share:.0f}%"
     assert [r["speed"] for r in rows if r["model"] == "timm eva-b"] == [1.0, 1.0]
 
 
@@ -43,3 +46,11 @@ def test_eva_reference_has_our_architecture():
     assert float(eva.blocks[0].gamma_1[0]) == pytest.approx(float(ours.blocks[0].ls1.gamma[0])) == pytest.approx(1e-5)
     n_eva, n_ours = (sum(p.numel() for p in m.parameters()) for m in (eva, ours))
     assert abs(n_eva - n_ours) / n_ours < 0.01
+
+
+def test_the_step_gemms_are_the_flops_the_peak_column_counts():
+    """The GEMM list timed for the GEMM share holds exactly the matmul FLOPs of vit_train_flops (SwiGLU)."""
+    for depth, tokens, batch in ((1, 5, 1), (12, 257, 4)):
+        gemms = bench.vit_train_gemms(768, depth, tokens, 2048, 12, batch)
+        assert sum(2 * c * b * m * k * n for c, b, m, k, n in gemms) == bench.vit_train_flops(
+            768, depth, tokens, 2048, True, batch)
