@@ -255,7 +255,7 @@ def bench_jobs(args: argparse.Namespace) -> None:
             wall[tag] = time.perf_counter() - t0
     print(f"\n{n} tiny pretrainings of {args.jobs_steps} steps each (process start-up included), "
           f"{cpu_count()} cores, torch {torch.__version__}")
-    print(f"| mode | threads per run | wall (s) | speed vs in turn |\n|---|---|---|---|")
+    print("| mode | threads per run | wall (s) | speed vs in turn |\n|---|---|---|---|")
     print(f"| in turn | {torch.get_num_threads()} (default) | {wall['in turn']:.1f} | 1.00x |")
     print(f"| {n} at once | {max(1, cpu_count() // n)} | {wall['at once']:.1f} | "
           f"{wall['in turn'] / wall['at once']:.2f}x |")
