@@ -150,7 +150,7 @@ def run_stage(argv: list[str], run_dir: Path, desc: str, quiet: bool = False, th
         last = None
         while proc.poll() is None:
             time.sleep(1.0)
-            if bar.total is None:
+            if bar.total is None and argv[0] != PIXELS_TASK:  # the pixel references have no steps
                 total, unit = _budget(run_dir)
                 if total:
                     bar.total, bar.unit = total, unit
