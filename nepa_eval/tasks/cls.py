@@ -235,6 +235,7 @@ class ClsRecordHook(Hook):
         if not self.init_knn or runner.iter > 0 or not is_main_process():  # a resumed run keeps its number
             return
         from nepa_eval.knn import knn_eval
+        from nepa_eval.tasks.knn import knn_inputs
 
         bb = self._model(runner).backbone
         train_data, test_data, knn = knn_inputs(runner.cfg)  # (knn_eval puts the backbone back in train mode)
@@ -419,20 +420,11 @@ def _to_eval_only(cfg: Any) -> None:
     cfg.test_dataloader = cfg.val_dataloader
 
 
-def knn_inputs(cls_cfg: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(train_data, test_data, knn settings) of k-NN on a classification config's data: its train split as the
-    memory bank (encoded like the queries: the eval transform, no augmentation), its val split as the queries."""
-    from nepa_eval.tasks.knn import KNN_DEFAULTS
-
-    eval_tf = cls_cfg.val_dataloader.dataset.get("transform")
-    knn = dict(KNN_DEFAULTS, **(cls_cfg.get("knn") or {}), batch_size=cls_cfg.val_dataloader.get("batch_size", 256))
-    return ({**cls_cfg.train_dataloader.dataset, "transform": eval_tf},
-            {**cls_cfg.val_dataloader.dataset, "transform": eval_tf}, knn)
-
-
 def knn_cfg(cls_cfg: Any) -> Any:
     """The k-NN config (nepa_eval/tasks/knn.py) of a resolved `nepa-eval cls --protocol knn` config."""
     from mmengine.config import Config
+
+    from nepa_eval.tasks.knn import knn_inputs
 
     train_data, test_data, knn = knn_inputs(cls_cfg)
     return Config(dict(

@@ -17,6 +17,15 @@ from mmengine.config import Config
 KNN_DEFAULTS = dict(k=20, temperature=0.07, pool="avg", blocks=[], batch_size=256)
 
 
+def knn_inputs(cls_cfg: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(train_data, test_data, knn settings) of k-NN on a classification config's data: its train split as the
+    memory bank (encoded like the queries: the eval transform, no augmentation), its val split as the queries."""
+    eval_tf = cls_cfg.val_dataloader.dataset.get("transform")
+    knn = dict(KNN_DEFAULTS, **(cls_cfg.get("knn") or {}), batch_size=cls_cfg.val_dataloader.get("batch_size", 256))
+    return ({**cls_cfg.train_dataloader.dataset, "transform": eval_tf},
+            {**cls_cfg.val_dataloader.dataset, "transform": eval_tf}, knn)
+
+
 def build_cfg(args: Any) -> Config:
     """The k-NN config of `nepa-eval knn` arguments (the input size defaults to the checkpoint's, at run time);
     --data resolved by `nepa_eval.data.resolve` (fashion_mnist, folder:ROOT and hf:ROOT as before)."""

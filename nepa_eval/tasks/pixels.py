@@ -96,17 +96,15 @@ def linear_top1(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tens
 def run(cfg: Config) -> int:
     from nepa_eval.engine import update_final
     from nepa_eval.knn import knn_accuracy
-    from nepa_eval.tasks.knn import KNN_DEFAULTS
+    from nepa_eval.tasks.knn import knn_inputs
 
     wd = Path(cfg.work_dir)
     wd.mkdir(parents=True, exist_ok=True)
     (wd / "config.py").write_text(cfg.pretty_text)
     update_final(wd, task="pixels", status="running")
-    eval_tf = cfg.val_dataloader.dataset.get("transform")
-    train = _pixels({**cfg.train_dataloader.dataset, "transform": eval_tf})
-    test = _pixels({**cfg.val_dataloader.dataset, "transform": eval_tf})
+    train_data, test_data, knn = knn_inputs(cfg)  # the data and k-NN settings of the config's own k-NN
+    train, test = _pixels(train_data), _pixels(test_data)
     n_cls = int(max(train[1].max(), test[1].max())) + 1
-    knn = dict(KNN_DEFAULTS, **(cfg.get("knn") or {}))
     res = knn_accuracy(F.normalize(train[0], dim=1), train[1], F.normalize(test[0], dim=1), test[1], n_cls,
                        k=knn["k"], temperature=knn["temperature"])
     top1, weight_decay = linear_top1(train, test, n_cls, seed=int((cfg.get("randomness") or {}).get("seed", 0)))
