@@ -39,6 +39,23 @@ def losses(wd: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in scalars(wd) if "loss" in r}
 
 
+def assert_same_losses(off: Path, on: Path, steps: int) -> tuple[dict[int, float], dict[int, float]]:
+    """Both runs logged a loss at steps 1..steps, equal within LOSS_TOL; returns (off's, on's)."""
+    lo, lc = losses(off), losses(on)
+    assert sorted(lc) == sorted(lo) == list(range(1, steps + 1))
+    for s in lo:
+        assert lc[s] == pytest.approx(lo[s], **LOSS_TOL), s
+    return lo, lc
+
+
+def state_dicts(a: Path, b: Path) -> tuple[dict, dict]:
+    """Two checkpoints' state dicts, with the same keys and none of torch.compile's `_orig_mod.` in b's."""
+    sa = torch.load(a, map_location="cpu", weights_only=False)["state_dict"]
+    sb = torch.load(b, map_location="cpu", weights_only=False)["state_dict"]
+    assert sorted(sb) == sorted(sa) and not [k for k in sb if "_orig_mod" in k]
+    return sa, sb
+
+
 def graphs_compiled() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
@@ -140,10 +157,7 @@ def test_compiled_pretraining_matches_eager(tmp_path):
     assert graphs_compiled() == 0
     pretrain(on, "compile.backend=eager", compile_args=("--compile",))
     assert graphs_compiled() >= 1
-    lo, lc = losses(off), losses(on)
-    assert sorted(lc) == sorted(lo) == [1, 2, 3]
-    for s in lo:
-        assert lc[s] == pytest.approx(lo[s], **LOSS_TOL), s
+    lo, _ = assert_same_losses(off, on, 3)
     assert lo[3] != pytest.approx(lo[1], abs=1e-3)  # it trained
     assert_same_checkpoint(off / "iter_3.pth", on / "iter_3.pth")
 
@@ -161,10 +175,7 @@ def test_compiled_pretraining_with_inductor_and_resume(tmp_path):
     pretrain(off, *opts, iters=4)
     pretrain(on, *opts, iters=4, compile_args=("--compile",))
     assert graphs_compiled() >= 1
-    lo, lc = losses(off), losses(on)
-    assert sorted(lc) == sorted(lo) == [1, 2, 3, 4]
-    for s in lo:
-        assert lc[s] == pytest.approx(lo[s], **LOSS_TOL), s
+    _, lc = assert_same_losses(off, on, 4)
     assert_same_checkpoint(off / "iter_4.pth", on / "iter_4.pth", atol=1e-4)
     # the state a run stopped after step 2 leaves behind
     res.mkdir()
@@ -195,13 +206,8 @@ def test_compiled_finetune_matches_eager(tmp_path):
     cfg = tiny_config(tmp_path, train=24, val=20, bs=8, epochs=1, deterministic=True)
     assert cli(["cls", "--ckpt", "none", "--config", cfg, "--work-dir", str(on), "--compile"]) == 0
     assert graphs_compiled() >= 1
-    lo, lc = losses(off), losses(on)
-    assert sorted(lc) == sorted(lo) == [1, 2, 3]
-    for s in lo:
-        assert lc[s] == pytest.approx(lo[s], **LOSS_TOL), s
-    so = torch.load(off / "epoch_1.pth", map_location="cpu", weights_only=False)["state_dict"]
-    sc = torch.load(on / "epoch_1.pth", map_location="cpu", weights_only=False)["state_dict"]
-    assert sorted(sc) == sorted(so) and not [k for k in sc if "_orig_mod" in k]
+    assert_same_losses(off, on, 3)
+    state_dicts(off / "epoch_1.pth", on / "epoch_1.pth")
     assert final(on)["top1"] == pytest.approx(final(off)["top1"])
     ev = tmp_path / "ev"
     assert cli(["cls", "--eval-only", "--ckpt", str(on / "epoch_1.pth"), "--config", cfg, "--work-dir", str(ev)]) == 0
@@ -223,13 +229,8 @@ def test_compiled_seg_run_matches_eager(tiny_mosaic, tiny_seg_backbone, tmp_path
     assert graphs_compiled() == 0
     assert cli([*base, "--work-dir", str(on), "--compile", "--cfg-options", *opts, "compile.backend=eager"]) == 0
     assert graphs_compiled() >= 1
-    lo, lc = losses(off), losses(on)
-    assert sorted(lc) == sorted(lo) == [1, 2, 3]
-    for s in lo:
-        assert lc[s] == pytest.approx(lo[s], **LOSS_TOL), s
-    so = torch.load(off / "iter_3.pth", map_location="cpu", weights_only=False)["state_dict"]
-    sc = torch.load(on / "iter_3.pth", map_location="cpu", weights_only=False)["state_dict"]
-    assert sorted(sc) == sorted(so) and not [k for k in sc if "_orig_mod" in k]
+    assert_same_losses(off, on, 3)
+    so, sc = state_dicts(off / "iter_3.pth", on / "iter_3.pth")
     for k, v in so.items():
         if v.is_floating_point():
             torch.testing.assert_close(sc[k], v, atol=1e-5, rtol=1e-4, msg=k)
