@@ -237,3 +237,10 @@ def test_a_command_that_dies_early_is_a_failed_run(tmp_path, monkeypatch):
     assert status == "failed"
     final = json.loads((tmp_path / "wd" / "x" / "final_metrics.json").read_text())
     assert final["task"] == "seg" and final["status"] == "failed" and "no_such_config" in final["reason"]
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--seeds"])
+def test_jobs_and_seeds_below_one_are_refused(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["ablate", "core", flag, "0", "--dry-run"])
+    assert e.value.code == 2 and f"argument {flag}: '0' is not a whole number of at least 1" in capsys.readouterr().err

@@ -8,6 +8,17 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (--seeds 0 or --jobs 0 would otherwise mean something unasked)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from mmengine.config import DictAction
 
@@ -24,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
                    help="extra config overrides for every run (before the rows' own keys), e.g. a data root; "
                         "STAGE:KEY=VALUE for one stage only, e.g. pretrain:train_cfg.max_iters=100")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="tiny scale: run every row N times (seeds 0..N-1); the table shows mean ± std and marks a "
                         "direction only where it holds beyond the spread [1]")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="tiny scale: run N rows at once, each process on cores/N threads (a tiny model uses a "
                         "second thread poorly: on 2 cores, --jobs 2 finishes a table sooner) [1]")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
