@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "print what a checkpoint holds and how it would load",
     "report": "regenerate the paper's tables as CSV and plots from run directories",
     "ablate": "run (tiny) or write (paper scale) the runs of one ablation table",
+    "transfer": "the transfer study: fine-tuned top-1 against pretraining length, label budgets, seeds",
     "analyze": "attention maps and next-embedding similarity maps over images",
     "make-data": "write the built-in datasets (Fashion-MNIST folders, segmentation mosaic) to disk",
     "bench": "benchmarks: backbone / pretraining / segmentation step speed and memory",

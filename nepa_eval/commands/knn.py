@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the result to this JSON file")
+    p.add_argument("--work-dir", help="also write a run directory here: config.py and final_metrics.json (status, "
+                                      "knn_top1, knn_top1_block<k>, the checkpoint)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 

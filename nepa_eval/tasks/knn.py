@@ -35,7 +35,7 @@ def build_cfg(args: Any) -> Config:
     spec = resolve_data(args.data, labelled=True)
     return Config(dict(
         task="knn", ckpt=str(args.ckpt), ema=bool(args.ema), random_init=bool(args.random_init), seed=args.seed,
-        device=args.device, data=args.data, json=args.json, work_dir=None, backbone={},
+        device=args.device, data=args.data, json=args.json, work_dir=getattr(args, "work_dir", None), backbone={},
         train_data=spec.dataset(args.train_split, limit=args.train_limit, transform=tf),
         test_data=spec.dataset(args.test_split, limit=args.test_limit, transform=tf),
         knn=dict(KNN_DEFAULTS, k=args.k, temperature=args.temperature, pool=args.pool, blocks=list(args.block),
