@@ -220,8 +220,8 @@ def test_timm_export_round_trips_through_create_model(tmp_path, kind):
     assert cfg["architecture"] == "nepa_base_patch14_224" and cfg["num_classes"] == m.num_classes
     x = torch.randn(2, 3, 28, 28)
     want = features(m, x)
-    # the way the issue names: the variant, pretrained=True, the pretrained_cfg with file=...
-    t = timm.create_model(cfg["architecture"], pretrained=True, **cfg["model_args"], num_classes=cfg["num_classes"],
+    # the call README and --help show: the variant, pretrained=True, model_args, the pretrained_cfg with file=...
+    t = timm.create_model(cfg["architecture"], pretrained=True, **cfg["model_args"],
                           pretrained_cfg_overlay=dict(cfg["pretrained_cfg"], file=str(out / "model.safetensors")))
     t.eval()
     # the same architecture (None switches written as the same function: rescale 1.0, LayerScale of ones)
@@ -247,7 +247,7 @@ def test_timm_export_of_the_release_classifier(official_dir, tmp_path):
     out = tmp_path / "timm"
     assert cli(["convert", str(src), str(out), "--format", "timm"]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    t = timm.create_model(cfg["architecture"], pretrained=True, **cfg["model_args"], num_classes=cfg["num_classes"],
+    t = timm.create_model(cfg["architecture"], pretrained=True, **cfg["model_args"],
                           pretrained_cfg_overlay=dict(cfg["pretrained_cfg"], file=str(out / "model.safetensors")))
     exp = load_file(str(src / "expected.safetensors"))
     with torch.no_grad():

@@ -98,7 +98,8 @@ def hf_state_dict(model: NepaViT) -> dict[str, torch.Tensor]:
                 out[L + f"intermediate.up_proj.{p}"] = fc1
         for ours, theirs in (("ls1.gamma", "layer_scale.lambda1"), ("ls2.gamma", "output.layer_scale.lambda1")):
             # without LayerScale the release's lambda of ones is the same function
-            out[L + theirs] = sd.pop(b + ours) if b + ours in sd else torch.ones(D, dtype=out[L + "layernorm_before.weight"].dtype)
+            ones = torch.ones(D, dtype=out[L + "layernorm_before.weight"].dtype)
+            out[L + theirs] = sd.pop(b + ours) if b + ours in sd else ones
     if model.num_classes > 0:
         out.update({"fc_norm.weight": sd.pop("fc_norm.weight"), "fc_norm.bias": sd.pop("fc_norm.bias"),
                     "classifier.weight": sd.pop("head.weight"), "classifier.bias": sd.pop("head.bias")})
@@ -226,7 +227,8 @@ def timm_pretrained_cfg(model: NepaViT, arch: str, class_names: Optional[Sequenc
 
     cfg = dict(timm.models.get_pretrained_cfg(arch + ".untrained").to_dict())
     size = model.cfg.img_size
-    cfg.update(input_size=[model.cfg.in_chans, size, size], num_classes=model.num_classes, architecture=arch)
+    cfg.update(input_size=[model.cfg.in_chans, size, size], num_classes=model.num_classes, architecture=arch,
+               tag="nepa-eval")
     if class_names is not None and model.num_classes > 0 and len(class_names) == model.num_classes:
         cfg["label_names"] = [str(n) for n in class_names]
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}

@@ -18,7 +18,8 @@ EPILOG = """output formats (--format):
         {architecture, model_args, pretrained_cfg}; load it with
         timm.create_model(cfg['architecture'], pretrained=True, **cfg['model_args'],
                           pretrained_cfg_overlay=dict(cfg['pretrained_cfg'], file='nepa_b_timm/model.safetensors'))
-      nepa-eval convert work_dirs/cls/nepa_b/best.pth nepa_b_timm/ --format timm --ema
+        or timm.create_model('local-dir:nepa_b_timm', pretrained=True) (after import backbones)
+      nepa-eval convert work_dirs/cls/nepa_b/best_ema_top1_50.pth nepa_b_timm/ --format timm --ema
 """
 
 
