@@ -15,7 +15,7 @@ COMMANDS: dict[str, str] = {
     "seg": "semantic segmentation: NEPA + UPerNet in mmsegmentation (ADE20K layout)",
     "knn": "k-NN accuracy of frozen features (DINO style)",
     "pixels": "raw-pixel references (k-NN, linear classifier) on a classification config's data",
-    "convert": "convert any supported checkpoint to nepa-eval's format",
+    "convert": "convert any supported checkpoint to nepa-eval's format, the release's HF directory or timm weights",
     "inspect": "print what a checkpoint holds and how it would load",
     "report": "regenerate the paper's tables as CSV and plots from run directories",
     "ablate": "run (tiny) or write (paper scale) the runs of one ablation table",

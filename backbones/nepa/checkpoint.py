@@ -272,8 +272,12 @@ def _read_hf_dir(d: Path, ema: bool) -> RawCheckpoint:
         present = sorted(x.name for x in d.iterdir())[:10]
         raise CheckpointError(f"{d}: no weights found; expected one of {files} in the directory (found: {present})")
     if weights.suffix == ".safetensors":
-        sd, _ = read_safetensors(weights)
+        sd, meta = read_safetensors(weights)
         raw = RawCheckpoint(sd, "hf directory (model.safetensors)")
+        if "nepa_config" in meta:  # `nepa-eval convert --format timm`: the exact architecture rides along
+            raw.nepa_config = json.loads(meta["nepa_config"])
+            raw.fmt = "timm directory (model.safetensors, nepa-eval metadata)"
+            return raw  # its config.json is timm's (architecture, model_args, pretrained_cfg), not the release's
     else:
         raw = unwrap_state_dict(read_torch_file(weights), ema)
         raw.fmt = f"hf directory ({weights.name})"

@@ -48,7 +48,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_nepa(variant: str, size: str, patch_size: int, pretrained: bool = False, **kwargs: Any) -> NepaViT:
+def _create_nepa(variant: str, size: str, patch: int, pretrained: bool = False, **kwargs: Any) -> NepaViT:
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and (overlay.get("file") or overlay.get("hf_hub_id")):
         # a local file of any format, or a Hugging Face id (OWNER/NAME[@REVISION], also as file=...): loaded
@@ -58,7 +58,8 @@ def _create_nepa(variant: str, size: str, patch_size: int, pretrained: bool = Fa
         kwargs["pretrained_cfg_overlay"] = {**overlay, "file": file, "custom_load": overlay.get("custom_load", True)}
     out_indices = kwargs.pop("out_indices", 3)
     # any input size, as the cfg's fixed_input_size=False says: pad to a multiple of the patch (timm's dynamic_img_pad)
-    model_args = dict(SIZES[size], patch_size=patch_size, causal=kwargs.pop("causal", False), pad_to_patch=True)
+    # kwargs override any of these (patch_size too: `nepa-eval convert --format timm` writes such model_args)
+    model_args = dict(SIZES[size], patch_size=patch, causal=kwargs.pop("causal", False), pad_to_patch=True)
     return build_model_with_cfg(
         NepaViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **dict(model_args, **kwargs))
