@@ -290,23 +290,6 @@ def run(cfg: Config, reads: Optional[CheckpointReads] = None) -> int:
     return 0 if final.get("status") in ("ok", None) else 1
 
 
-def predict(config: str, checkpoint: str, images: list[str], inference: Optional[str] = None,
-            device: str = "cpu") -> list[torch.Tensor]:
-    """Label maps (H, W) at each image's own size from a trained segmentor checkpoint (SyncBN -> BN)."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmseg.apis import inference_model, init_model
-
-    cfg = Config.fromfile(str(config))
-    cfg.model.backbone.init_cfg = None
-    set_inference(cfg, inference)
-    model = init_model(cfg, None, device=device)
-    from mmengine.runner import load_checkpoint
-
-    load_segmentor(lambda p, strict: load_checkpoint(model, p, map_location=device, strict=strict), checkpoint)
-    model = revert_sync_batchnorm(model).eval()
-    return [r.pred_sem_seg.data[0].cpu() for r in (inference_model(model, img) for img in images)]
-
-
 # ----------------------------------------------------------------------------------------------
 # benchmark: one training iteration, NEPA-B + UPerNet beside mmseg's MAE-B + UPerNet
 # ----------------------------------------------------------------------------------------------
