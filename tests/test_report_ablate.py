@@ -39,6 +39,11 @@ def test_paper_scale_writes_loadable_configs_and_torchrun_commands(tmp_path):
     assert ft[:4] == ["torchrun", "-m", "nepa_eval.cli", "cls"] and "--launcher" in ft
     assert ft[ft.index("--ckpt") + 1] == str(root / "full" / "pretrain" / "backbone.safetensors")
     assert ft[ft.index("--work-dir") + 1] == str(root / "full" / "cls")
+    # the manifest the report reads once the runs come back: one entry per command, lineage relative to it
+    entries = {(e["row"], e["stage"]): e for e in read_manifest(root)}
+    assert len(entries) == 9 and entries[("full", "cls")]["started_from"] == "full/pretrain"
+    assert entries[("full", "cls")]["run_dir"] == "full/cls" and entries[("random_init", "cls")]["ckpt"] == "none"
+    assert entries[("no_shift", "pretrain")]["started_from"] is None
 
 
 def test_paper_scale_large_rows_and_required_ckpt(tmp_path):
