@@ -98,8 +98,9 @@ def resolve(ref: HubRef, weights: tuple[str, ...], hint: str = "") -> HubCheckpo
 
     Weights: the first of `weights` (in the door's order, e.g. model.safetensors, pytorch_model.bin; or the EMA
     file) the repository has (offline: the cache has); then config.json from the same commit. `hint` ends the
-    error when the repository has none of them. Each call asks huggingface_hub (its cache first); a run asks once,
-    as it reads its checkpoint once (`checkpoint.CheckpointReads`).
+    error when the repository has none of them. Each call asks huggingface_hub (its cache first, nothing kept
+    here): a run's read asks once (`checkpoint.CheckpointReads`), and its run record once more, to name the
+    snapshot it started from.
     """
     try:
         import huggingface_hub  # noqa: F401
