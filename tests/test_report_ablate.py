@@ -245,6 +245,8 @@ def test_the_report_takes_rows_from_the_manifest_and_lineage_from_the_records(tm
         assert ft.parent is not None and ft.parent.path.parts[-2:] == ("no_causal", "pretrain")
         assert ft.rows("core") == ["no_causal"] and ft.rows("imagenet") is None
         assert str(where) in str(ft.path)
+    one = discover_runs([str(root / "no_causal" / "cls")])  # one run folder given: its table's manifest is above it
+    assert len(one) == 1 and one[0].rows("core") == ["no_causal"]
 
 
 @pytest.mark.slow
