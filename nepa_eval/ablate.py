@@ -5,7 +5,8 @@ tiny:  runs every row on Fashion-MNIST on the CPU (each stage a `nepa-eval pretr
 paper: writes each row's config (a few lines over the release-scale config) and the torchrun commands to submit;
        `nepa-eval report --runs <dir>` picks the run directories up afterwards.
 Run directories: <work-dir>/<scale>/<table>/<row>/<stage> (seed k > 0 of `--seeds N`: <row>/seed<k>/<stage>);
-a finished run is reused unless --force.
+a finished run is reused unless --force. The table's folder holds ablate_manifest.json (`nepa_eval.report.manifest`):
+each run's table, row, seed, stage and the run it starts from, which the report reads.
 Rows of our own: `init: random` runs the table's stages after pretraining from random initialisation (`--ckpt
 none`); `task: pixels` runs `nepa-eval pixels` on the classification stage's data (tiny scale only).
 """
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nepa_eval.engine import ROOT, read_final, update_final
-from nepa_eval.report import (PIXELS_TASK, Row, TableSpec, cell_line, load_spec, read_config, run_report,
-                              scalars_of)
+from nepa_eval.report import (PIXELS_TASK, Row, TableSpec, cell_line, entry, load_spec, read_config, run_report,
+                              scalars_of, write_manifest)
 
 REUSE = ("ok", "collapsed", "diverged", "trivial")  # finished runs; "failed" (a crash) and "running" (killed) run again
 COMMAND_FILE = "ablate_command.txt"  # the command that made the run: a run made by another command is redone
@@ -121,7 +122,10 @@ def _budget(run_dir: Path) -> tuple[Optional[int], str]:
     cfg_file = run_dir / "config.py"
     if not cfg_file.exists():
         return None, "it"
-    tc = read_config(cfg_file).get("train_cfg") or {}
+    try:
+        tc = read_config(cfg_file).get("train_cfg") or {}
+    except Exception:  # the child is still writing it
+        return None, "it"
     if tc.get("max_iters"):
         return int(tc["max_iters"]), "it"
     if tc.get("max_epochs"):
@@ -185,7 +189,10 @@ def _finished(run_dir: Path, argv: list[str]) -> Optional[str]:
     made_by = run_dir / COMMAND_FILE
     if not made_by.is_file() or made_by.read_text().strip() != shlex.join(argv):
         return None
-    status = read_final(run_dir).get("status")
+    final = read_final(run_dir)
+    status = final.get("status")
+    if "run_id" not in final:  # made before runs recorded what they started from: redo it, so the report need not guess
+        return None
     if "--ckpt" in argv:  # a run older than the checkpoint it started from started from another one: redo it
         ckpt = Path(argv[argv.index("--ckpt") + 1])
         final = run_dir / "final_metrics.json"
@@ -280,19 +287,27 @@ def run_tiny(spec: TableSpec, args: argparse.Namespace) -> Path:
         ensure_mosaic(str(stage_setting(spec, "tiny", "seg").get("data_root")), args.quiet)
     seeds = max(1, int(getattr(args, "seeds", 1) or 1))
     chains: list[list[Stage]] = []  # one per row and seed: its stages in order
+    entries = []  # the manifest: which run is which row, seed and stage, and which run it starts from
+    if stages[0] != "pretrain" and args.ckpt is None:
+        entries.append(entry(spec.name, None, 0, "pretrain", base_dir, None, root, scale="tiny", shared=True))
     for i, row in enumerate(rows, 1):
         for seed in range(seeds if row.task is None else 1):  # the pixel references have no seed
             row_dir = root / row.name / (f"seed{seed}" if seed else "")
             extra = {**args.cfg_options, **({"randomness.seed": seed} if seed else {})}  # seed 0: the configs' own
             ckpt = "none" if row.init == "random" else base_ckpt
+            parent = None if row.init == "random" or args.ckpt is not None or stages[0] == "pretrain" else base_dir
             chain = []
             for stage in row_stages(row, stages):
                 run_dir = row_dir / stage
                 desc = f"[{i}/{len(rows)}] {row.name}{f' seed {seed}' if seeds > 1 else ''}: {stage}"
                 chain.append(Stage(stage_command(spec, "tiny", row, stage, run_dir, ckpt, extra), run_dir, desc))
+                entries.append(entry(spec.name, row.name, seed, stage, run_dir, None if stage == PIXELS_TASK else parent,
+                                     root, scale="tiny", ckpt=None if stage == PIXELS_TASK else ckpt))
                 if stage == "pretrain":
-                    ckpt = backbone_file(run_dir)
+                    ckpt, parent = backbone_file(run_dir), run_dir
             chains.append(chain)
+    if not args.dry_run:
+        write_manifest(root, entries)
     if args.dry_run:
         for chain in chains:
             for st in chain:
@@ -355,6 +370,7 @@ def write_paper(spec: TableSpec, args: argparse.Namespace) -> Path:
              f"# Afterwards: nepa-eval report --runs {root} --table {spec.name}",
              "set -euo pipefail",
              f'TORCHRUN=${{TORCHRUN:-"{scale.get("torchrun", "torchrun --nproc_per_node=8")}"}}', ""]
+    entries = []  # the manifest the report reads once the runs are back
     for row in rows:
         lines.append(f"# --- {row.name}: {row.label} (paper: {row.paper})")
         ckpt = args.ckpt if row.size != "large" else "${NEPA_L_CKPT:?set NEPA_L_CKPT to a pretrained NEPA-L}"
@@ -362,6 +378,7 @@ def write_paper(spec: TableSpec, args: argparse.Namespace) -> Path:
             ckpt = None
         if row.init == "random":
             ckpt = "none"
+        parent = None
         for stage in row_stages(row, stages):
             s = stage_setting(spec, "paper", stage)
             base = s.get("large" if row.size == "large" else "config", s["config"])
@@ -375,11 +392,13 @@ def write_paper(spec: TableSpec, args: argparse.Namespace) -> Path:
             if ckpt is not None:
                 line += " --ckpt " + (ckpt if ckpt.startswith("${") else shlex.quote(ckpt))
             lines.append(line)
+            entries.append(entry(spec.name, row.name, 0, stage, run_dir, parent, root, scale="paper", ckpt=ckpt))
             if stage == "pretrain":
-                ckpt = backbone_file(run_dir)
+                ckpt, parent = backbone_file(run_dir), run_dir
         lines.append("")
     lines.append(f"nepa-eval report --runs {shlex.quote(str(root))} --table {spec.name} --out "
                  f"{shlex.quote(str(root / 'report'))}")
+    write_manifest(root, entries)
     script = root / "commands.sh"
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)

@@ -231,3 +231,35 @@ def test_convert_cli_folds_layerscale(official_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(folded.forward_features(x), ref.forward_features(x), atol=1e-4, rtol=0)
     assert main(["convert", str(tmp_path / "missing"), str(out)]) == 2
+
+
+def test_read_checkpoint_reads_every_time_and_a_run_hands_its_read_over_once(model, tmp_path, monkeypatch):
+    """No cache in the door: two read_checkpoint calls are two reads of the disk, and a rewritten file gives its new
+    contents. One read per run is a CheckpointReads the run owns: `read` (the task) then `take` (the model) read
+    the disk once; a second `take`, a new run's reads or a file rewritten in between read it again."""
+    from backbones.nepa import CheckpointReads
+    from backbones.nepa import checkpoint as door
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(model, path)
+    reads = []
+    real = door.read_safetensors
+    monkeypatch.setattr(door, "read_safetensors", lambda p: (reads.append(p), real(p))[1])
+    read_checkpoint(path)
+    read_checkpoint(path)
+    assert len(reads) == 2
+    run = CheckpointReads()
+    first = run.read(path)
+    first.state_dict.clear()  # the task's copy: changing it leaves the read the model takes whole
+    taken = from_pretrained(path, verbose=False, checkpoint_reads=run)
+    assert len(reads) == 3 and len(run) == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in taken.state_dict().items())
+    run.take(path)
+    CheckpointReads().take(path)
+    assert len(reads) == 5  # nothing held past the hand-over, nothing shared between runs
+    run.read(path)
+    other = NepaViT(**tiny_kwargs())
+    save_checkpoint(other, path)
+    os.utime(path, ns=(1, 1))  # a rewrite the modification time alone tells apart
+    fresh = run.take(path)
+    assert len(reads) == 7 and torch.equal(fresh.state_dict["cls_token"], other.state_dict()["cls_token"])

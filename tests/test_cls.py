@@ -299,6 +299,21 @@ def test_finetune_linear_knn_from_a_checkpoint(tmp_path):
     assert torch.count_nonzero(m.backbone.head.weight) > 0
     cfg_text = (ft / "config.py").read_text()
     assert "layer_decay_ramp='linear'" in cfg_text and "LayerDecayLRHook" in cfg_text
+    # what the run started from is recorded: a file no run wrote (no run_dir), its hash
+    import hashlib
+
+    assert f["started_from"] == dict(given=str(ck), file=str(ck.resolve()),
+                                     sha256=hashlib.sha256(ck.read_bytes()).hexdigest())
+    # a run from a checkpoint another run wrote names that run; the report links the two by it
+    ev = tmp_path / "ev"
+    assert cli(["cls", "--ckpt", str(best[0]), "--eval-only", "--config", tiny_config(tmp_path, epochs=2),
+                "--work-dir", str(ev)]) == 0
+    assert final(ev)["started_from"]["run_dir"] == str(ft.resolve())
+    assert final(ev)["started_from"]["run_id"] == f["run_id"] != final(ev)["run_id"]
+    from nepa_eval.report import discover_runs
+
+    runs = {r.path.name: r for r in discover_runs([tmp_path])}
+    assert runs["ev"].parent is runs["ft"] and runs["ft"].parent is None
 
     lp = tmp_path / "lp"
     assert cli(["cls", "--ckpt", str(ck), "--protocol", "linear", "--config", tiny_config(tmp_path, base=TINY_LINEAR),

@@ -56,6 +56,9 @@ def test_plain_runner_trains_a_pretraining_config_as_nepa_eval_does(tmp_path):
     Runner.from_cfg(cfg).train()
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["status"] == "ok" and final["steps"] == 4 and final["task"] == "pretrain"
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert final["started_from"] is None and len(final["run_id"]) == 32  # random init, recorded
+    assert final["code_commit"].split("+")[0] == head
     assert "knn_top1" in final and "knn_top1_ema" in final and "knn_top1_block1" in final
     rows = [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eff_rank" in r] == [2, 4]

@@ -14,9 +14,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from backbones.nepa import CheckpointError, from_pretrained
+from backbones.nepa import CheckpointError, CheckpointReads, from_pretrained
 from backbones.nepa import checkpoint as door
-from backbones.nepa import hub
 from backbones.nepa.hub import HubError, HubRef, parse_hub_id
 from conftest import HAVE_FASHION, ROOT
 from nepa_eval.cli import main as cli
@@ -69,7 +68,6 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub, "_RESOLVED", {})
     return home / "hub"
 
 
@@ -299,17 +297,19 @@ def test_seg_with_an_id_writes_the_snapshot_and_reads_once(release_repo, tmp_pat
                       "patch_size=14), out_indices=[0, 1, 1, 1]))\n")
     parser, subs = build_parser()
     seg_cmd.add_arguments(subs["seg"])
-    reads = []
+    read_files = []
     real = door._read_local
-    monkeypatch.setattr(door, "_read_local", lambda p, ema: reads.append(p) or real(p, ema))
+    monkeypatch.setattr(door, "_read_local", lambda p, ema: read_files.append(p) or real(p, ema))
     args = parser.parse_args(["seg", "--ckpt", f"{REPO}@init", "--config", str(config), "--work-dir", str(tmp_path / "w")])
-    cfg = seg.build_cfg(args)
+    reads = CheckpointReads()  # the run's, handed from the task to the backbone as the engine's Runner does
+    cfg = seg.build_cfg(args, reads)
     snapshot = cfg.model.backbone.init_cfg["checkpoint"]
     assert Path(snapshot).name == commits["pre"] and cfg.seg_run["ckpt"] == snapshot
     assert cfg.seg_run["ckpt_hub"] == f"{REPO}@init" and cfg.seg_run["ckpt_commit"] == commits["pre"]
-    bb = MODELS.build(cfg.model.backbone)
+    bb = MODELS.build(cfg.model.backbone, default_args=dict(checkpoint_reads=reads))
     bb.init_weights()
-    assert len(reads) == 1  # the task's read is handed to the backbone
+    assert len(read_files) == 1  # the task's read is handed to the backbone
+    assert len(reads) == 0 and bb.checkpoint_reads is None  # taken once, and not kept by the model
     want = from_pretrained(pre_dir, verbose=False).state_dict()
     assert all(torch.equal(v, want[k]) for k, v in bb.state_dict().items())
 

@@ -3,23 +3,39 @@ import csv
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 from mmengine.config import Config
 
-from nepa_eval import report
+from nepa_eval import records as lineage, report
 from nepa_eval.cli import main as cli_main
 
 
-def make_run(path, task, config, status="ok", metrics=None, scalars=None, reason=""):
-    """A run directory in the engine's format: config.py (mmengine dump), scalars.jsonl, final_metrics.json."""
+def make_run(path, task, config, status="ok", metrics=None, scalars=None, reason="", started_from=...):
+    """A run directory in the engine's format: config.py (mmengine dump), scalars.jsonl, final_metrics.json with the
+    run's record of what it started from, as RunRecordHook writes it (`lineage.started_from` of the checkpoint its
+    config names: a file a run directory holds gives that run's run_dir and run_id). `started_from`: a record to
+    write instead (a tree copied from elsewhere)."""
     path.mkdir(parents=True)
-    Config(dict(config, work_dir=str(path))).dump(str(path / "config.py"))
+    cfg = Config(dict(config, work_dir=str(path)))
+    cfg.dump(str(path / "config.py"))
     with open(path / "scalars.jsonl", "w") as f:
         for rec in scalars or [{"step": s, "loss": -0.1 * s, "cos": 0.1 * s, "out_std": 1.0 / s} for s in (1, 2, 3)]:
             f.write(json.dumps(rec) + "\n")
-    final = dict(task=task, status=status, reason=reason, steps=3, **(metrics or {}))
+    if started_from is ...:
+        given, ema = lineage.checkpoint_of(cfg)
+        if given is not None and Path(given).parent.is_dir() and not Path(given).exists():
+            Path(given).write_bytes(b"weights")  # the checkpoint the parent run left
+        started_from = lineage.started_from(given, ema)
+    final = dict(task=task, status=status, reason=reason, steps=3, run_id=lineage.new_run_id(),
+                 started_from=started_from, **(metrics or {}))
     (path / "final_metrics.json").write_text(json.dumps(final))
     return path
+
+
+def run_id(path):
+    return json.loads((path / "final_metrics.json").read_text())["run_id"]
 
 
 def pre_cfg(shift=True, causal=True, stop_grad=True, **backbone):
@@ -41,7 +57,8 @@ def core_runs(tmp_path):
     make_run(root / "nosg", "pretrain", pre_cfg(stop_grad=False), status="collapsed", reason="out_std 1e-6 < 1e-4",
              metrics=dict(knn_top1=20.0),
              scalars=[{"step": 1, "loss": -0.5, "cos": 0.5, "out_std": 0.1}, {"step": 2, "loss": "nan", "cos": 1.0}])
-    make_run(root / "seg", "seg", dict(model=dict(backbone=dict(causal=False))), metrics={"mIoU": 30.0})
+    make_run(root / "seg", "seg", dict(model=dict(backbone=dict(causal=False))), metrics={"mIoU": 30.0},
+             started_from=dict(given="SixAILab/nepa-base-patch14-224"))  # the release's backbone, not one of these
     return root
 
 
@@ -72,24 +89,34 @@ def test_finetune_run_inherits_its_pretraining_row(core_runs, tmp_path):
              metrics=dict(top1=88.0))
     make_run(core_runs / "ft_nosg", "cls", dict(load_from=str(core_runs / "nosg" / "iter_3.pth")),
              metrics=dict(top1=50.0))
-    make_run(core_runs / "ft_orphan", "cls", dict(load_from=None), metrics=dict(top1=99.0))
+    make_run(core_runs / "ft_orphan", "cls", dict(model=dict(ckpt=str(tmp_path / "elsewhere.pth"))),
+             metrics=dict(top1=99.0))  # from a checkpoint no run here wrote
     make_run(core_runs / "ft_moved", "cls", dict(model=dict(ckpt="/cluster/old/runs/nocausal/backbone.safetensors")),
-             metrics=dict(top1=70.0))  # the tree was copied from a cluster: matched by the run's folder names
+             metrics=dict(top1=70.0), started_from=dict(given="/cluster/old/runs/nocausal/backbone.safetensors",
+                                                        run_dir="/cluster/old/runs/nocausal",
+                                                        run_id=run_id(core_runs / "nocausal")))
+    # (the tree was copied from a cluster: linked by the run_id the fine-tune recorded there)
+    make_run(core_runs / "ft_guess", "cls", dict(model=dict(ckpt=str(core_runs / "full" / "backbone.safetensors"))),
+             metrics=dict(top1=99.5), started_from=None)  # recorded as random init: no path in its config counts
     runs = report.discover_runs([core_runs])
     cells = {c.row.name: c for c in report.build_cells(report.load_spec("core"), runs)}
     assert cells["full"].ours == 88.0 and cells["full"].metric == "top1" and cells["full"].run.path.name == "ft_full"
     assert cells["no_stop_grad"].status == "fail" and cells["no_stop_grad"].run.path.name == "ft_nosg"
     assert all(c.run is None or c.run.path.name != "ft_orphan" for c in cells.values())
     assert cells["no_causal"].run.path.name == "ft_moved" and cells["no_causal"].ours == 70.0
+    assert cells["random_init"].run.path.name == "ft_guess"
+    full = next(r for r in runs if r.path.name == "ft_full")
+    assert full.final["started_from"]["run_dir"] == str((core_runs / "full").resolve())
+    assert len(full.final["started_from"]["sha256"]) == 64
 
 
 def test_failed_run_and_most_specific_row(tmp_path):
     """Imagenet table: a crashed run is 'fail'; a Large run goes to the Large row, not to the Base one."""
     root = tmp_path / "runs"
-    make_run(root / "b", "cls", dict(model=dict(backbone=dict(causal=False))), metrics=dict(top1=83.1))
-    make_run(root / "l", "cls", dict(model=dict(backbone=dict(causal=False, model_name="nepa_large_patch14_224"))), metrics=dict(top1=85.0))
-    make_run(root / "b_causal", "cls", dict(model=dict(backbone=dict(causal=True, model_name="nepa_base_patch14_224"))), status="failed",
-             reason="RuntimeError: boom")
+    make_run(root / "b", "cls", dict(model=dict(ckpt="nepa_b.pth", backbone=dict(causal=False))), metrics=dict(top1=83.1))
+    make_run(root / "l", "cls", dict(model=dict(ckpt="nepa_l.pth", backbone=dict(causal=False, model_name="nepa_large_patch14_224"))), metrics=dict(top1=85.0))
+    make_run(root / "b_causal", "cls", dict(model=dict(ckpt="nepa_b.pth", backbone=dict(causal=True, model_name="nepa_base_patch14_224"))), status="failed",
+             reason="RuntimeError: boom")  # (fine-tunes of pretrained checkpoints that are not among these runs)
     _, results = report.run_report([str(root)], ["imagenet"], tmp_path / "out")
     rows = read_csv(tmp_path / "out" / "imagenet.csv")
     assert rows["nepa_b"]["ours"] == "83.10" and rows["nepa_l"]["ours"] == "85.00"
@@ -114,13 +141,15 @@ def test_defaults_and_value_spelling(tmp_path):
     assert cells["rope"].status == "running" and cells["all"].status == "missing"
 
 
-def test_config_is_read_without_executing(tmp_path):
+def test_a_run_config_is_read_by_mmengine_without_its_custom_imports(tmp_path):
+    """config.py as mmengine dumps it, read back by mmengine's Config; the modules it names in custom_imports (a
+    run of another code version may name ones this checkout lacks) are not imported."""
     p = tmp_path / "config.py"
-    p.write_text("import os\nx = os.system('touch %s')\nmodel = dict(a=dict(b=-1e-05, c=(1, 2)), d=None)\n"
-                 % (tmp_path / "pwned"))
+    Config(dict(model=dict(a=dict(b=-1e-05, c=(1, 2)), d=None), custom_imports=dict(imports=["no_such_module_x"]),
+                custom_hooks=[dict(type="EMAHook")])).dump(str(p))
     cfg = report.flatten(report.read_config(p))
-    assert cfg["model.a.b"] == -1e-05 and cfg["model.a.c"] == [1, 2] and cfg["model.d"] is None
-    assert not (tmp_path / "pwned").exists() and isinstance(cfg["x"], str)
+    assert cfg["model.a.b"] == -1e-05 and list(cfg["model.a.c"]) == [1, 2] and cfg["model.d"] is None
+    assert cfg["custom_hooks.0.type"] == "EMAHook" and cfg["custom_imports.imports"] == ["no_such_module_x"]
 
 
 def test_every_spec_loads_with_paper_values():

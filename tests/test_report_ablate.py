@@ -9,8 +9,9 @@ from mmengine.config import Config
 
 from conftest import needs_fashion
 from nepa_eval.cli import main as cli_main
-from nepa_eval import ablate
+from nepa_eval import ablate, records as lineage
 from nepa_eval.engine import ROOT
+from nepa_eval.report import read_manifest
 
 
 def test_paper_scale_writes_loadable_configs_and_torchrun_commands(tmp_path):
@@ -38,6 +39,11 @@ def test_paper_scale_writes_loadable_configs_and_torchrun_commands(tmp_path):
     assert ft[:4] == ["torchrun", "-m", "nepa_eval.cli", "cls"] and "--launcher" in ft
     assert ft[ft.index("--ckpt") + 1] == str(root / "full" / "pretrain" / "backbone.safetensors")
     assert ft[ft.index("--work-dir") + 1] == str(root / "full" / "cls")
+    # the manifest the report reads once the runs come back: one entry per command, lineage relative to it
+    entries = {(e["row"], e["stage"]): e for e in read_manifest(root)}
+    assert len(entries) == 9 and entries[("full", "cls")]["started_from"] == "full/pretrain"
+    assert entries[("full", "cls")]["run_dir"] == "full/cls" and entries[("random_init", "cls")]["ckpt"] == "none"
+    assert entries[("no_shift", "pretrain")]["started_from"] is None
 
 
 def test_paper_scale_large_rows_and_required_ckpt(tmp_path):
@@ -59,14 +65,15 @@ def _args(tmp_path, **kw):
     return argparse.Namespace(**d)
 
 
-def fake_stage(calls, statuses):
-    """Stands in for a `nepa-eval` process: writes the run directory that command would write."""
+def fake_stage(calls, statuses, keys_in_config=True):
+    """Stands in for a `nepa-eval` process: writes the run directory that command would write, with its record of
+    the checkpoint it started from. keys_in_config=False: a config.py without the row's --cfg-options."""
     def run(argv, run_dir, desc, quiet=False, threads=None, position=None):
         calls.append(argv)
         parts = [p for p in run_dir.parts[:-1] if not p.startswith("seed")]
         stage, row = argv[0], parts[-1]
         run_dir.mkdir(parents=True, exist_ok=True)
-        opts = argv[argv.index("--cfg-options") + 1:] if "--cfg-options" in argv else []
+        opts = argv[argv.index("--cfg-options") + 1:] if "--cfg-options" in argv and keys_in_config else []
         cfg = Config(dict(work_dir=str(run_dir), model=dict(ckpt=argv[argv.index("--ckpt") + 1] if "--ckpt" in argv
                                                             else None)))
         cfg.merge_from_dict({k: eval(v) if v in ("True", "False", "None") else _num(v)
@@ -78,8 +85,10 @@ def fake_stage(calls, statuses):
             (run_dir / "backbone.safetensors").write_bytes(b"weights")
         metric = {"pretrain": "knn_top1", "cls": "top1", "seg": "mIoU", "pixels": "linear_top1"}[stage]
         seed = cfg.get("randomness", {}).get("seed", 0)
-        (run_dir / "final_metrics.json").write_text(json.dumps({"task": stage, "status": status,
-                                                                metric: 50.0 + len(row) + seed}))
+        ckpt = argv[argv.index("--ckpt") + 1] if "--ckpt" in argv else None
+        (run_dir / "final_metrics.json").write_text(json.dumps({
+            "task": stage, "status": status, metric: 50.0 + len(row) + seed, "run_id": lineage.new_run_id(),
+            "started_from": lineage.started_from(None if ckpt == "none" else ckpt)}))
         return status
     return run
 
@@ -114,6 +123,12 @@ def test_tiny_scale_runs_rows_then_reports(tmp_path, monkeypatch):
     assert rows["full"]["metric"] == "top1" and rows["full"]["ours"] == "54.00"  # the fake: 50 + len(name)
     assert rows["random_init"]["ours"] == "61.00" and rows["random_init"]["agrees"] == "no"  # 61 > 54
     assert (out / "core_table.png").is_file() and (out / "summary.md").is_file()
+    entries = {(e["row"], e["stage"]): e for e in read_manifest(tmp_path / "wd" / "tiny" / "core")}
+    assert len(entries) == 10  # every planned run, the fine-tune of the collapsed pretraining too
+    assert entries[("full", "cls")] == dict(table="core", row="full", seed=0, stage="cls", run_dir="full/cls",
+                                            started_from="full/pretrain", scale="tiny",
+                                            ckpt="wd/tiny/core/full/pretrain/backbone.safetensors")
+    assert entries[("random_init", "cls")]["started_from"] is None and entries[("full", "pretrain")]["ckpt"] is None
     # a second call reuses the finished runs (a collapsed one too) and runs nothing
     assert cli_main(["ablate", "core", "--work-dir", "wd", "--out", str(out), "--quiet"]) == 0
     assert len(calls) == 9
@@ -206,6 +221,32 @@ def test_a_run_made_by_another_command_is_redone(tmp_path, monkeypatch):
     assert not any("max_iters" in a for a in calls[3]) and calls[3][0] == "cls"
     with pytest.raises(ValueError, match="'pretrian' is not a stage"):
         ablate.run_tiny(ablate.load_spec("core"), _args("wd", rows="full", cfg_options={"pretrian:x": 1}))
+
+
+def test_the_report_takes_rows_from_the_manifest_and_lineage_from_the_records(tmp_path, monkeypatch):
+    """Run configs without the row keys (so no key could place them): the manifest still puts every run in its
+    row; the tree copied elsewhere reports the same table (run_dir paths are relative, lineage goes by run_id)."""
+    import shutil
+
+    from nepa_eval.report import build_cells, discover_runs
+
+    calls = []
+    monkeypatch.setattr(ablate, "run_stage", fake_stage(calls, {"no_stop_grad": "collapsed"}, keys_in_config=False))
+    monkeypatch.chdir(tmp_path)
+    root = ablate.run_tiny(ablate.load_spec("core"), _args("wd"))
+    spec = ablate.load_spec("core")
+    for where in (root, shutil.copytree(root, tmp_path / "copy")):
+        runs = discover_runs([str(where)])
+        cells = {c.row.name: c for c in build_cells(spec, runs)}
+        assert {n: (c.status, c.ours_text) for n, c in cells.items()} == {
+            "full": ("ok", "54.00"), "no_shift": ("ok", "58.00"), "no_causal": ("ok", "59.00"),
+            "no_stop_grad": ("fail", "fail"), "random_init": ("ok", "61.00"), "raw_pixels": ("ok", "60.00")}
+        ft = next(r for r in runs if r.path.parts[-2:] == ("no_causal", "cls"))
+        assert ft.parent is not None and ft.parent.path.parts[-2:] == ("no_causal", "pretrain")
+        assert ft.rows("core") == ["no_causal"] and ft.rows("imagenet") is None
+        assert str(where) in str(ft.path)
+    one = discover_runs([str(root / "no_causal" / "cls")])  # one run folder given: its table's manifest is above it
+    assert len(one) == 1 and one[0].rows("core") == ["no_causal"]
 
 
 @pytest.mark.slow

@@ -391,7 +391,11 @@ def test_real_voc_photos_run_through_inference(tmp_path):
                     "and point NEPA_LABELME_VOC at examples/semantic_segmentation/data_dataset_voc")
     import shutil
 
-    from nepa_eval.tasks.seg import predict
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.runner import load_checkpoint
+    from mmseg.apis import inference_model, init_model
+
+    from nepa_eval.tasks.seg import load_segmentor, set_inference
 
     root = tmp_path / "voc" / "ADEChallengeData2016"
     for sub, src, ext in (("images", "JPEGImages", "jpg"), ("annotations", "SegmentationClass", "png")):
@@ -412,7 +416,13 @@ def test_real_voc_photos_run_through_inference(tmp_path):
     torch.save({"meta": {}, "state_dict": model.state_dict()}, ckpt)
     photos = sorted(str(p) for p in (root / "images" / "validation").glob("*.jpg"))
     for mode in ("config", "whole"):  # the config's slide 512/341 after its resize to 512 short side, then whole
-        preds = predict(str(cfg_path), str(ckpt), photos, inference=None if mode == "config" else "whole")
+        cfg = Config.fromfile(str(cfg_path))  # mmseg's own inference API on the trained segmentor (SyncBN -> BN)
+        cfg.model.backbone.init_cfg = None
+        set_inference(cfg, None if mode == "config" else "whole")
+        seg_model = init_model(cfg, None, device="cpu")
+        load_segmentor(lambda p, strict: load_checkpoint(seg_model, p, map_location="cpu", strict=strict), str(ckpt))
+        seg_model = revert_sync_batchnorm(seg_model).eval()
+        preds = [r.pred_sem_seg.data[0].cpu() for r in (inference_model(seg_model, img) for img in photos)]
         for photo, pred in zip(photos, preds):
             w, h = Image.open(photo).size
             assert pred.shape == (h, w) and int(pred.max()) < 21

@@ -1,5 +1,5 @@
 """The NEPA backbone: model, pretraining objective, checkpoint door; timm/mmseg adapters register lazily."""
-from .checkpoint import (CheckpointError, LoadReport, fold_layerscale, load_state_dict_into, load_weights,
+from .checkpoint import (CheckpointError, CheckpointReads, LoadReport, fold_layerscale, load_state_dict_into, load_weights,
                          read_checkpoint, register_safe_globals, save_checkpoint)
 from .model import SIZES, NepaConfig, NepaViT, nepa_vit
 
@@ -8,7 +8,7 @@ from .objective import NepaObjective, nepa_loss
 
 __all__ = ["NepaConfig", "NepaViT", "nepa_vit", "SIZES", "NepaObjective", "nepa_loss", "from_pretrained",
            "load_weights", "load_state_dict_into", "read_checkpoint", "save_checkpoint", "fold_layerscale",
-           "CheckpointError", "LoadReport", "register_safe_globals"]
+           "CheckpointError", "CheckpointReads", "LoadReport", "register_safe_globals"]
 
 try:  # registering into timm is a side effect users expect from `import backbones`
     from . import timm_models  # noqa: F401

@@ -160,12 +160,9 @@ class RawCheckpoint:
     hub: Optional[HubCheckpoint] = None  # what a Hugging Face id resolved to
 
 
-_HELD: dict[tuple, RawCheckpoint] = {}
-
-
-def _held_key(path: str | os.PathLike, ema: bool) -> tuple:
-    """The file (or directory), its modification time and size, and the EMA switch: a rewritten file never
-    hands over what was held for its earlier contents."""
+def _file_key(path: str | os.PathLike, ema: bool) -> tuple:
+    """The file (or directory), its modification time and size, and the EMA switch: a rewritten file is never
+    answered with what was read of its earlier contents."""
     p = Path(path).resolve()
     st = p.stat()
     return str(p), st.st_mtime_ns, st.st_size, bool(ema)
@@ -195,25 +192,11 @@ def locate_checkpoint(path: str | os.PathLike, ema: bool = False) -> tuple[Path,
     return found.directory, found
 
 
-def hold_checkpoint(path: str | os.PathLike, ema: bool = False, raw: Optional[RawCheckpoint] = None) -> RawCheckpoint:
-    """Read a checkpoint and keep it for the next `read_checkpoint` of the same file in this process, which takes
-    it instead of reading the disk again: a task reads a file once to resolve the architecture it writes into
-    the config, and the model mmengine later builds from that config loads the same tensors. `raw`: hold what
-    the caller already read. A hub id is held under its snapshot directory, so either name hands it over."""
-    raw = raw if raw is not None else read_checkpoint(path, ema=ema)
-    local = raw.hub.directory if raw.hub is not None else locate_checkpoint(path, ema)[0]
-    _HELD[_held_key(local, ema)] = _copy(raw)
-    return raw
-
-
 def read_checkpoint(path: str | os.PathLike, ema: bool = False) -> RawCheckpoint:
     """Read any supported file or directory, or a Hugging Face id (see `locate_checkpoint`), into a
-    RawCheckpoint (no model needed); a checkpoint held by `hold_checkpoint` is handed over (once) instead of
-    being read again."""
+    RawCheckpoint (no model needed). Every call reads: a run that needs one checkpoint in two places (the task,
+    then the model mmengine builds) passes a `CheckpointReads` to both."""
     p, hub = locate_checkpoint(path, ema)
-    held = _HELD.pop(_held_key(p, ema), None) if p.exists() else None
-    if held is not None:
-        return held
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p} (check the path; a Hugging Face model is named OWNER/NAME, "
                               "hf-hub:OWNER/NAME or OWNER/NAME@REVISION, or given as its local directory)")
@@ -223,6 +206,51 @@ def read_checkpoint(path: str | os.PathLike, ema: bool = False) -> RawCheckpoint
         raw.hub = hub
         raw.notes.insert(0, hub.describe())
     return raw
+
+
+class CheckpointReads:
+    """The checkpoints one run has read, handed from the task to the model the run builds: the task reads a file
+    (`read`) to resolve the architecture it writes into the config, the model mmengine builds later takes the same
+    read (`take`, given to it as ``checkpoint_reads``) instead of reading the disk again. Owned by the run and
+    passed explicitly; nothing is kept between runs. A read is taken once (then released), under the name it was
+    read by or, for a hub id, its snapshot directory; a file rewritten since is read anew."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple, RawCheckpoint] = {}
+        self._names: dict[tuple[str, bool], tuple] = {}  # what a caller named (a hub id too) -> the file's key
+
+    def read(self, path: str | os.PathLike, ema: bool = False) -> RawCheckpoint:
+        """Read `path` (always from disk) and keep the read for one `take`; the caller gets its own copy."""
+        raw = read_checkpoint(path, ema=ema)
+        local = raw.hub.directory if raw.hub is not None else locate_checkpoint(path, ema)[0]
+        key = _file_key(local, ema)
+        self._held[key] = raw
+        self._names[(str(path), bool(ema))] = key
+        return _copy(raw)
+
+    def take(self, path: str | os.PathLike, ema: bool = False) -> RawCheckpoint:
+        """The read `read` kept for `path` (released now), or a fresh read when there is none or the file changed."""
+        key = self._names.pop((str(path), bool(ema)), None)
+        if key is None:
+            p = Path(path)
+            key = _file_key(p, ema) if p.exists() else None
+        held = self._held.pop(key, None) if key is not None else None
+        if held is not None and Path(key[0]).exists() and _file_key(key[0], ema) == key:
+            self._names = {n: k for n, k in self._names.items() if k != key}
+            return held
+        return read_checkpoint(path, ema=ema)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __deepcopy__(self, memo: dict) -> "CheckpointReads":
+        return self  # the run's, shared: a model copied with it (an EMA copy) never copies the tensors it holds
+
+
+def take_checkpoint(path: str | os.PathLike, ema: bool = False,
+                    reads: Optional[CheckpointReads] = None) -> RawCheckpoint:
+    """`reads.take(path)` when the run passed its reads, else a plain `read_checkpoint`."""
+    return reads.take(path, ema) if reads is not None else read_checkpoint(path, ema=ema)
 
 
 def _read_local(p: Path, ema: bool) -> RawCheckpoint:

@@ -89,9 +89,6 @@ def fetch_command(ref: HubRef, files: tuple[str, ...]) -> str:
     return f"hf download {ref.repo_id} {' '.join(files)}{rev}"
 
 
-_RESOLVED: dict[tuple, HubCheckpoint] = {}
-
-
 class _NotCached(Exception):
     """hf_hub_download found no copy in the cache and may not (offline) or cannot (no network) download one."""
 
@@ -101,18 +98,15 @@ def resolve(ref: HubRef, weights: tuple[str, ...], hint: str = "") -> HubCheckpo
 
     Weights: the first of `weights` (in the door's order, e.g. model.safetensors, pytorch_model.bin; or the EMA
     file) the repository has (offline: the cache has); then config.json from the same commit. `hint` ends the
-    error when the repository has none of them. Resolved once per process for a cache, id and file list, so a
-    task that reads the checkpoint twice (config, then model) asks the hub once.
+    error when the repository has none of them. Each call asks huggingface_hub (its cache first, nothing kept
+    here): a run's read asks once (`checkpoint.CheckpointReads`), and its run record once more, to name the
+    snapshot it started from.
     """
     try:
-        from huggingface_hub import constants
+        import huggingface_hub  # noqa: F401
     except ImportError as e:  # a dependency of timm, and of ours; absent only in a stripped install
         raise HubError(f"{ref}: a Hugging Face model id needs the huggingface_hub package "
                               "(pip install huggingface_hub), or give a local directory") from e
-    key = (constants.HF_HUB_CACHE, ref, tuple(weights))
-    hit = _RESOLVED.get(key)
-    if hit is not None and all((hit.directory / f).is_file() for f in hit.files):
-        return hit
     path, not_cached = None, []
     for name in weights:  # the first the repository has, as the door reads a directory
         try:
@@ -142,9 +136,7 @@ def resolve(ref: HubRef, weights: tuple[str, ...], hint: str = "") -> HubCheckpo
         config = None
     if config is not None:
         files.insert(0, HF_CONFIG_FILE)
-    found = HubCheckpoint(ref, commit, directory, tuple(files))
-    _RESOLVED[key] = found
-    return found
+    return HubCheckpoint(ref, commit, directory, tuple(files))
 
 
 def _not_cached_error(ref: HubRef, filename: str, needed: tuple[str, ...]) -> HubError:

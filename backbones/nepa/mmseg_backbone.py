@@ -30,8 +30,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from .checkpoint import (CheckpointError, load_state_dict_into, read_checkpoint, register_safe_globals, resolve_config,
-                         to_nepa_state_dict)
+from .checkpoint import (CheckpointError, CheckpointReads, load_state_dict_into, register_safe_globals, resolve_config,
+                         take_checkpoint, to_nepa_state_dict)
 
 
 register_safe_globals()  # mmseg's tools/train.py --resume and tools/test.py read our mmengine checkpoints
@@ -141,8 +141,8 @@ class NepaBackbone(NepaViT, BaseModule):
     def __init__(self, arch: str | dict = "base", out_indices: Optional[Sequence[int]] = None, causal: bool = False,
                  drop_path_rate: float = 0.1, out_norm: bool = False, out_stride: Optional[float] = None,
                  align: bool = True, grad_checkpointing: bool = False, frozen: bool = False,
-                 pretrained: Optional[str] = None,
-                 init_cfg: Optional[dict | list] = None, **overrides: Any) -> None:
+                 pretrained: Optional[str] = None, init_cfg: Optional[dict | list] = None,
+                 checkpoint_reads: Optional[CheckpointReads] = None, **overrides: Any) -> None:
         checkpoint, prefix = self._checkpoint_from(pretrained, init_cfg)
         cfg = {k: v for k, v in arch_dict(arch).items() if k not in SEG_FIELDS}
         cfg.update(overrides, causal=causal, drop_path_rate=drop_path_rate, pad_to_patch=True, num_classes=0)
@@ -165,13 +165,20 @@ class NepaBackbone(NepaViT, BaseModule):
         self.init_cfg = init_cfg
         self.is_init = False
         self.load_report = None
+        self.checkpoint_reads = checkpoint_reads
         self._built = True
 
+    def use_checkpoint_reads(self, reads: Optional[CheckpointReads]) -> None:
+        """The run's reads (`CheckpointReads`): ``init_weights`` takes the read its task made instead of reading the
+        file again (the engine hands them over to every module that has this method, after building the model)."""
+        self.checkpoint_reads = reads
+
     @staticmethod
-    def _read(path: str, prefix: Optional[str]) -> tuple[dict[str, torch.Tensor], str, list[str], dict[str, Any]]:
+    def _read(path: str, prefix: Optional[str], reads: Optional[CheckpointReads] = None
+              ) -> tuple[dict[str, torch.Tensor], str, list[str], dict[str, Any]]:
         """(state dict in our names, format, notes, the architecture it describes) of a checkpoint; a file the
-        task already read (to write its architecture into the config) is handed over, not read again."""
-        raw = read_checkpoint(path)
+        task already read (to write its architecture into the config) is taken from `reads`, not read again."""
+        raw = take_checkpoint(path, reads=reads)
         prefix = prefix if prefix is not None else checkpoint_prefix(list(raw.state_dict))
         if prefix:
             raw.state_dict = {k[len(prefix):]: v for k, v in raw.state_dict.items() if k.startswith(prefix)}
@@ -201,7 +208,8 @@ class NepaBackbone(NepaViT, BaseModule):
         if self.checkpoint is None:
             self.is_init = True
             return
-        sd, fmt, notes, found = self._read(self.checkpoint, self.checkpoint_prefix)
+        sd, fmt, notes, found = self._read(self.checkpoint, self.checkpoint_prefix, self.checkpoint_reads)
+        self.checkpoint_reads = None  # the run's reads are not the model's: nothing held past the load
         check_arch(self.cfg.to_dict(), found, self.checkpoint)
         ignored = [k for k in sd if k.startswith("norm.")] if not self.out_norm else []
         sd = {k: v for k, v in sd.items() if k not in ignored}

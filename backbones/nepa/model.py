@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .checkpoint import LoadReport
+    from .checkpoint import CheckpointReads, LoadReport
 
 POS_EMBED_CHOICES = ("rope", "abs", "rope+abs", "none")
 MLP_CHOICES = ("gelu", "swiglu")
@@ -404,17 +404,19 @@ class NepaViT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, ema: bool = False, num_classes: Optional[int] = None,
-                        strict: bool = True, verbose: bool = True, **overrides: Any) -> "NepaViT":
+                        strict: bool = True, verbose: bool = True, checkpoint_reads: Optional["CheckpointReads"] = None,
+                        **overrides: Any) -> "NepaViT":
         """Build the NEPA model a checkpoint describes and load it; eval mode, trained attention mode.
 
         `path`: any format the weight door reads (a file, a model directory, a Hugging Face id). `num_classes`
         replaces the head (0 drops it); `overrides` change any NepaConfig field (for example ``causal=False``
-        or ``drop_path_rate=0.1``). The LoadReport is kept on ``model.load_report``.
+        or ``drop_path_rate=0.1``). The LoadReport is kept on ``model.load_report``. `checkpoint_reads`: the
+        run's reads (`checkpoint.CheckpointReads`): the read its task already made is taken instead of a new one.
         """
-        from .checkpoint import (CheckpointError, load_state_dict_into, read_checkpoint, resolve_config,
+        from .checkpoint import (CheckpointError, load_state_dict_into, resolve_config, take_checkpoint,
                                  to_nepa_state_dict)
 
-        raw = read_checkpoint(path, ema=ema)
+        raw = take_checkpoint(path, ema, checkpoint_reads)
         sd, notes = to_nepa_state_dict(raw)
         arch = resolve_config(raw, sd, notes)
         if num_classes is not None:

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from backbones.nepa import CheckpointReads
     from nepa_eval.tasks import cls
 
-    return cls.run(cls.build_cfg(args))
+    reads = CheckpointReads()  # this run's: the task reads the checkpoint, the model takes that read
+    return cls.run(cls.build_cfg(args, reads), reads)

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from backbones.nepa import CheckpointReads
     from nepa_eval.tasks import seg
 
-    return seg.run(seg.build_cfg(args))
+    reads = CheckpointReads()  # this run's: the task reads the checkpoint, the model takes that read
+    return seg.run(seg.build_cfg(args, reads), reads)

@@ -8,7 +8,8 @@ process, logs each new file, and writes ``bad_files`` into final_metrics.json. T
 
 The bound: a run fails once more than ``max(min_files, ceil(max_fraction * items))`` distinct files are bad
 (default: 100 files, or 0.1 % of the data when that is more), with a message naming them. Without a run collecting
-them (a dataset used on its own), each process warns on stderr and applies the bound to what it has seen.
+them (a dataset used on its own), each process warns on stderr and applies the bound to what the dataset has seen
+(the dataset keeps that list, `seen`: nothing is kept here between calls).
 Nothing here imports torch or mmengine.
 """
 from __future__ import annotations
@@ -27,9 +28,6 @@ ENV = "NEPA_BAD_FILES"
 LOG_NAME = "bad_files.jsonl"
 MAX_FRACTION = 0.001
 MIN_FILES = 100
-
-_seen: dict[str, str] = {}  # this process's bad files (file -> reason), for the bound without a collector
-
 
 class BadFileError(DataError):
     """More bad files than the bound allows, or --check-data found some; the message names them."""
@@ -57,7 +55,6 @@ def start_collecting(log: str | os.PathLike, max_fraction: float = MAX_FRACTION,
                      min_files: int = MIN_FILES) -> Optional[str]:
     """Send this process's (and its children's) bad-file reports to `log`; returns the previous setting."""
     previous = os.environ.get(ENV)
-    _seen.clear()
     os.environ[ENV] = json.dumps(dict(log=str(log), max_fraction=max_fraction, min_files=min_files))
     return previous
 
@@ -94,14 +91,16 @@ def read_records(log: str | os.PathLike, offset: int = 0) -> tuple[list[dict], i
     return records, offset + end
 
 
-def report_bad_file(file: str, reason: str, items: int, split: str = "") -> None:
+def report_bad_file(file: str, reason: str, items: int, split: str = "", seen: Optional[dict[str, str]] = None) -> None:
     """Report one skipped file: appended to the run's list when a run collects them, else warned about on
-    stderr; raises BadFileError when this process alone has seen more bad files than the bound."""
+    stderr; raises BadFileError when the reporting dataset has seen more bad files than the bound in this process.
+    `seen`: the dataset's own {file: reason} of the files it skipped (updated here)."""
+    seen = seen if seen is not None else {}
     reason = " ".join(str(reason).split())[:300]
     record = dict(file=str(file), reason=reason, split=split, pid=os.getpid(), time=round(time.time(), 3))
     col = collector()
-    new = file not in _seen
-    _seen[file] = reason
+    new = file not in seen
+    seen[file] = reason
     if col is not None:
         append_records(col["log"], [record])
         limit = bad_file_limit(items, col.get("max_fraction", MAX_FRACTION), col.get("min_files", MIN_FILES))
@@ -109,10 +108,10 @@ def report_bad_file(file: str, reason: str, items: int, split: str = "") -> None
         if new:
             print(f"[nepa] warning: skipped bad file {file}: {reason}", file=sys.stderr)
         limit = bad_file_limit(items)
-    if len(_seen) > limit:
-        seen = [dict(file=f, reason=r) for f, r in _seen.items()]
-        raise BadFileError(f"{len(seen)} bad files, more than the {limit} a run of {items} items tolerates "
-                           f"(max(100, 0.1 %) by default): {describe(seen)}. Fix or remove them (nepa-eval ... "
+    if len(seen) > limit:
+        listed = [dict(file=f, reason=r) for f, r in seen.items()]
+        raise BadFileError(f"{len(listed)} bad files, more than the {limit} a run of {items} items tolerates "
+                           f"(max(100, 0.1 %) by default): {describe(listed)}. Fix or remove them (nepa-eval ... "
                            "--check-data lists them all), or raise the bound (BadFilesHook max_fraction / min_files)")
 
 

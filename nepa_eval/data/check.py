@@ -103,7 +103,7 @@ class SkipBadFiles:
             try:
                 data = self._run(j)
             except _BadItem as b:
-                report_bad_file(b.file, b.reason, n, self._where())
+                report_bad_file(b.file, b.reason, n, self._where(), self.__dict__.setdefault("bad_seen", {}))
                 continue
             if data is not None:  # None: a transform declined the item (mmengine refetches then): the next one
                 return data

@@ -116,7 +116,8 @@ class ImageSource(Dataset):
                 img = self.load_image(j)
             except Exception as e:
                 last = _reason(e)
-                report_bad_file(self.item_name(j), last, n, getattr(self, "split", ""))
+                report_bad_file(self.item_name(j), last, n, getattr(self, "split", ""),
+                                self.__dict__.setdefault("bad_seen", {}))
                 continue
             return (self.transform(img) if self.transform else img), int(self.targets[j])
         raise DataError(f"none of the {n} images of {self.source}:{getattr(self, 'split', '')} can be read; "

@@ -20,7 +20,7 @@ from mmengine.model import BaseModel, is_model_wrapper
 from mmengine.registry import DATASETS, HOOKS, LOOPS, METRICS, MODELS
 from mmengine.runner import ValLoop, autocast
 
-from backbones.nepa import CheckpointError, NepaConfig, NepaViT, SIZES, from_pretrained
+from backbones.nepa import CheckpointError, CheckpointReads, NepaConfig, NepaViT, SIZES, from_pretrained
 from nepa_eval.data import DataError
 from nepa_eval.data import sources as _sources  # noqa: F401  (registers the image datasets and nepa_collate)
 from nepa_eval import layer_decay as _layer_decay  # noqa: F401  (registers the constructor and LR hook)
@@ -47,16 +47,18 @@ def _named_checkpoint_errors(ckpt: str) -> Iterator[None]:
 
 
 def build_backbone(backbone: Optional[dict] = None, ckpt: Optional[str] = None, num_classes: Optional[int] = 0,
-                   verbose: bool = True, ema: bool = False) -> NepaViT:
-    """A NepaViT with a `num_classes` head: from a checkpoint (its architecture, config run-time fields on top)
-    or randomly initialised from `backbone`: ``model_name`` (a timm name, e.g. nepa_base_patch14_224) or ``size``,
-    plus any NepaConfig fields."""
+                   verbose: bool = True, ema: bool = False, checkpoint_reads: Optional[CheckpointReads] = None
+                   ) -> NepaViT:
+    """A NepaViT with a `num_classes` head: from a checkpoint (its architecture, config run-time fields on top;
+    the read the run's task made is taken from `checkpoint_reads`) or randomly initialised from `backbone`:
+    ``model_name`` (a timm name, e.g. nepa_base_patch14_224) or ``size``, plus any NepaConfig fields."""
     kw = dict(backbone or {})
     size, model_name = kw.pop("size", None), kw.pop("model_name", None)
     if ckpt:
         overrides = {k: kw[k] for k in RUNTIME_FIELDS if k in kw}
         with _named_checkpoint_errors(ckpt):
-            model = from_pretrained(ckpt, ema=ema, num_classes=num_classes, verbose=verbose, **overrides)
+            model = from_pretrained(ckpt, ema=ema, num_classes=num_classes, verbose=verbose,
+                                    checkpoint_reads=checkpoint_reads, **overrides)
         return model.train()
     if model_name is not None:  # the timm-registered model (importing backbones registers nepa_*)
         import timm
@@ -78,17 +80,18 @@ class NepaClassifier(BaseModel):
     checkpoint's EMA weights where it holds both.
     freeze_patch_embed: freeze the patch projection (the release does). linear_probe: freeze the whole
     backbone and train a plain Linear on the pooled features (no fc_norm, no BatchNorm).
+    checkpoint_reads: the run's `CheckpointReads` (the engine passes it when building the model; never in a config).
     """
 
     def __init__(self, num_classes: int, backbone: Optional[dict] = None, ckpt: Optional[str] = None,
                  ckpt_ema: bool = False, freeze_patch_embed: bool = False, linear_probe: bool = False,
                  mixup: Optional[dict] = None, label_smoothing: float = 0.0, data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None, checkpoint_reads: Optional[CheckpointReads] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.backbone = build_backbone(backbone, ckpt, num_classes, ema=ckpt_ema)
+        self.backbone = build_backbone(backbone, ckpt, num_classes, ema=ckpt_ema, checkpoint_reads=checkpoint_reads)
         self.linear_probe = linear_probe
         if linear_probe:
             self.backbone.requires_grad_(False)
@@ -328,13 +331,13 @@ def _check_data(cfg: Any, need_train: bool = True) -> int:
     return classes.pop()
 
 
-def _checkpoint_head(ckpt: str, ema: bool) -> tuple[int, list[str]]:
-    """(classes of the checkpoint's head (0: none), head parts missing) from ONE read of the file; the parsed
-    checkpoint is held for the model the Runner builds, so the run reads the file once."""
-    from backbones.nepa.checkpoint import hold_checkpoint, resolve_config, to_nepa_state_dict
+def _checkpoint_head(ckpt: str, ema: bool, reads: Optional[CheckpointReads] = None) -> tuple[int, list[str]]:
+    """(classes of the checkpoint's head (0: none), head parts missing) from ONE read of the file; the read stays
+    in the run's `reads` for the model the Runner builds, so the run reads the file once."""
+    from backbones.nepa.checkpoint import read_checkpoint, resolve_config, to_nepa_state_dict
 
     with _named_checkpoint_errors(ckpt):
-        raw = hold_checkpoint(ckpt, ema=ema)
+        raw = reads.read(ckpt, ema=ema) if reads is not None else read_checkpoint(ckpt, ema=ema)
         sd, notes = to_nepa_state_dict(raw)
         arch = resolve_config(raw, sd, notes)
     classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else int(arch.get("num_classes") or 0)
@@ -348,9 +351,10 @@ def _mixup_active(model_cfg: Any) -> bool:
                         or m.get("cutmix_minmax") is not None)
 
 
-def build_cfg(args: Any) -> Any:
-    """The resolved config of a classification run: protocol, checkpoint (read once, checked), data and class
-    count, best-checkpoint rule, and for eval-only a test-only config (no training parts)."""
+def build_cfg(args: Any, reads: Optional[CheckpointReads] = None) -> Any:
+    """The resolved config of a classification run: protocol, checkpoint (read once, checked; the read stays in
+    the run's `reads` for the model), data and class count, best-checkpoint rule, and for eval-only a test-only
+    config (no training parts)."""
     from nepa_eval.engine import checkpoint_or_scratch, load_config
 
     if not args.config:
@@ -379,7 +383,7 @@ def build_cfg(args: Any) -> Any:
         raise ValueError(f"class count mismatch: the config says model.num_classes={want}, the data has "
                          f"{num_classes} classes")
     if ckpt is not None:
-        head, missing = _checkpoint_head(ckpt, bool(args.ema))
+        head, missing = _checkpoint_head(ckpt, bool(args.ema), reads)
         if eval_only:
             if head == 0:
                 raise ValueError(f"--eval-only: {ckpt} is a backbone without a classifier head; fine-tune it "
@@ -435,8 +439,9 @@ def knn_cfg(cls_cfg: Any) -> Any:
         train_data=train_data, test_data=test_data, knn=knn))
 
 
-def run(cfg: Any) -> int:
-    """Fine-tune / linear probe (train), evaluate only (test), or k-NN, as cfg.protocol says."""
+def run(cfg: Any, reads: Optional[CheckpointReads] = None) -> int:
+    """Fine-tune / linear probe (train), evaluate only (test), or k-NN, as cfg.protocol says; `reads`: the
+    checkpoint `build_cfg` read, for the model."""
     from nepa_eval.engine import build_runner, train
 
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
@@ -447,14 +452,14 @@ def run(cfg: Any) -> int:
             from nepa_eval.engine import stop_on_bad_data
 
             stop_on_bad_data(cfg)
-        return knn.run(knn_cfg(cfg))
+        return knn.run(knn_cfg(cfg), reads)
     base = dict(task="cls", protocol=cfg.protocol, ckpt=cfg.model.ckpt or "random-init")
     if cfg.protocol != "eval-only":
         update_final(cfg.work_dir, **base, num_classes=cfg.model.num_classes)
-        train(cfg)
+        train(cfg, reads)
         return 0
     update_final(cfg.work_dir, **base, ema=cfg.model.ckpt_ema, steps=0)
-    metrics = build_runner(cfg).test()
+    metrics = build_runner(cfg, reads).test()
     update_final(cfg.work_dir, status="ok", top1=metrics.get("top1"), top5=metrics.get("top5"), steps=0)
     print(f"[nepa] eval-only {cfg.model.ckpt}: top-1 {metrics.get('top1'):.2f}  top-5 {metrics.get('top5'):.2f}")
     return 0

@@ -42,8 +42,9 @@ def build_cfg(args: Any) -> Config:
                  batch_size=args.batch_size)))
 
 
-def run(cfg: Config) -> int:
-    """Extract features, vote, report: stdout, and final_metrics.json / a JSON file where the config says."""
+def run(cfg: Config, reads: Any = None) -> int:
+    """Extract features, vote, report: stdout, and final_metrics.json / a JSON file where the config says.
+    `reads`: the run's `CheckpointReads` when its task already read the checkpoint (`cls --protocol knn`)."""
     import torch
     from mmengine.dist import is_main_process
 
@@ -62,8 +63,13 @@ def run(cfg: Config) -> int:
     if wd is not None:
         wd.mkdir(parents=True, exist_ok=True)
         (wd / "config.py").write_text(cfg.get("config_dump") or cfg.pretty_text)
-        update_final(wd, **record, status="running", ckpt=cfg.ckpt, k=knn["k"], temperature=knn["temperature"])
-    model = from_pretrained(cfg.ckpt, ema=cfg.ema, num_classes=0, verbose=not cfg.random_init, **cfg.backbone)
+        from nepa_eval.records import code_commit, new_run_id, started_from
+
+        update_final(wd, **record, status="running", ckpt=cfg.ckpt, k=knn["k"], temperature=knn["temperature"],
+                     run_id=new_run_id(), code_commit=code_commit(),
+                     started_from=None if cfg.random_init else started_from(cfg.ckpt, cfg.ema))
+    model = from_pretrained(cfg.ckpt, ema=cfg.ema, num_classes=0, verbose=not cfg.random_init,
+                            checkpoint_reads=reads, **cfg.backbone)
     if cfg.random_init:
         torch.manual_seed(cfg.seed)
         model = NepaViT(model.cfg)

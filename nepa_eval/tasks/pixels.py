@@ -96,12 +96,14 @@ def linear_top1(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tens
 def run(cfg: Config) -> int:
     from nepa_eval.engine import update_final
     from nepa_eval.knn import knn_accuracy
+    from nepa_eval.records import code_commit, new_run_id
     from nepa_eval.tasks.knn import knn_inputs
 
     wd = Path(cfg.work_dir)
     wd.mkdir(parents=True, exist_ok=True)
     (wd / "config.py").write_text(cfg.pretty_text)
-    update_final(wd, task="pixels", status="running")
+    update_final(wd, task="pixels", status="running", run_id=new_run_id(), code_commit=code_commit(),
+                 started_from=None)  # raw pixels: no network, no checkpoint
     train_data, test_data, knn = knn_inputs(cfg)  # the data and k-NN settings of the config's own k-NN
     train, test = _pixels(train_data), _pixels(test_data)
     n_cls = int(max(train[1].max(), test[1].max())) + 1

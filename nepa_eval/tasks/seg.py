@@ -19,8 +19,7 @@ from mmengine.config import Config
 from mmseg.registry import DATASETS
 
 from backbones.nepa import CheckpointError
-from backbones.nepa.checkpoint import (hold_checkpoint, locate_checkpoint, read_checkpoint, resolve_config,
-                                       to_nepa_state_dict)
+from backbones.nepa.checkpoint import CheckpointReads, read_checkpoint, resolve_config, to_nepa_state_dict
 from backbones.nepa.mmseg_backbone import SEG_FIELDS, check_arch, checkpoint_prefix, describe, size_name
 from nepa_eval.timing import sync, time_fn
 from nepa_eval.data import DataError
@@ -41,20 +40,22 @@ MAE_CONFIG = "mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"
 # ----------------------------------------------------------------------------------------------
 # checkpoints and configs
 # ----------------------------------------------------------------------------------------------
-def checkpoint_info(path: str) -> dict[str, Any]:
-    """What a checkpoint is: {'arch': NepaConfig fields, 'size': name or None, 'segmentor': bool, 'fmt': str}.
+def checkpoint_info(path: str, reads: Optional[CheckpointReads] = None) -> dict[str, Any]:
+    """What a checkpoint is: {'arch': NepaConfig fields, 'size': name or None, 'segmentor': bool, 'fmt': str,
+    'local': the file or directory read, 'hub': the HubCheckpoint of an id or None}.
 
-    The file is read once: a backbone checkpoint stays held for NepaBackbone.init_weights (the read of this run);
-    a whole segmentor's is left to mmengine's load_checkpoint."""
-    raw = read_checkpoint(path)
+    The file is read once: a backbone checkpoint's read stays in the run's `reads` for NepaBackbone.init_weights;
+    a whole segmentor's is left to mmengine's load_checkpoint (and released here)."""
+    raw = reads.read(path) if reads is not None else read_checkpoint(path)
+    local = raw.hub.directory if raw.hub is not None else Path(path)
     prefix = checkpoint_prefix(list(raw.state_dict))
-    if prefix is None:
-        hold_checkpoint(path, raw=raw)
-    else:
+    if prefix is not None:
+        if reads is not None:
+            reads.take(path)  # released: mmengine reads the segmentor itself
         raw.state_dict = {k[len(prefix):]: v for k, v in raw.state_dict.items() if k.startswith(prefix)}
     sd, notes = to_nepa_state_dict(raw)
     arch = resolve_config(raw, sd, notes)
-    return dict(arch=arch, size=size_name(arch), segmentor=prefix is not None, fmt=raw.fmt)
+    return dict(arch=arch, size=size_name(arch), segmentor=prefix is not None, fmt=raw.fmt, local=local, hub=raw.hub)
 
 
 def pick_config(info: dict[str, Any], path: str) -> str:
@@ -113,12 +114,12 @@ def set_data_root(cfg: Config, data_root: str) -> Path:
     return root
 
 
-def build_cfg(args: argparse.Namespace) -> Config:
+def build_cfg(args: argparse.Namespace, reads: Optional[CheckpointReads] = None) -> Config:
     """The resolved config: picked from the checkpoint's size, the checkpoint's whole architecture written into
-    model.backbone.arch (the file read once), weights, data, inference mode and AMP; `seg_run` records what was
-    resolved (it goes into final_metrics.json)."""
+    model.backbone.arch (the file read once: the read stays in the run's `reads` for the backbone), weights, data,
+    inference mode and AMP; `seg_run` records what was resolved (it goes into final_metrics.json)."""
     ckpt = checkpoint_or_scratch(args.ckpt)
-    info = checkpoint_info(ckpt) if ckpt else None
+    info = checkpoint_info(ckpt, reads) if ckpt else None
     if not args.config:
         if info is None:
             raise ValueError("nepa-eval seg: give --ckpt (the config is picked from its size) or --config")
@@ -133,7 +134,7 @@ def build_cfg(args: argparse.Namespace) -> Config:
         check_arch(bb.get("arch", "base"), info["arch"], ckpt)
         # the whole architecture goes into the config, so the run directory's config.py rebuilds the model alone
         bb.arch = {k: v for k, v in info["arch"].items() if k not in SEG_FIELDS}
-        local, hub = locate_checkpoint(ckpt)  # a hub id: its snapshot in the cache, already resolved above
+        local, hub = info["local"], info["hub"]  # a hub id: its snapshot in the cache
         run.update(ckpt=str(local.resolve()), ckpt_format=info["fmt"], arch=info["size"] or "custom")
         if hub is not None:
             run.update(ckpt_hub=str(hub.ref), ckpt_commit=hub.commit)
@@ -233,9 +234,10 @@ def _note_bad_files(cfg: Config, found: list[tuple[str, str]], items: int) -> No
         hook["known"] = list(hook.get("known") or []) + records
 
 
-def run(cfg: Config) -> int:
+def run(cfg: Config, reads: Optional[CheckpointReads] = None) -> int:
     """Check the data, train then evaluate (or evaluate only); the final metrics go to final_metrics.json and,
-    as one JSON line, to stdout. 0 when the run ends ok."""
+    as one JSON line, to stdout. 0 when the run ends ok. `reads`: the checkpoint `build_cfg` read, for the
+    backbone."""
     import json
 
     extra = dict(cfg.seg_run)
@@ -260,12 +262,15 @@ def run(cfg: Config) -> int:
         runner = build_runner(cfg)
         load_segmentor(runner.load_checkpoint, extra["evaluated_checkpoint"])
         metrics = runner.test()
+        from nepa_eval.records import started_from
+
         final = update_final(cfg.work_dir, task="seg", status="ok", reason="", **extra,
+                             started_from=started_from(extra["evaluated_checkpoint"]),
                              **{f"test/{k}": v for k, v in metrics.items()}, **_metrics(metrics),
                              eval_seconds=round(time.time() - t0, 1))
     else:
         update_final(cfg.work_dir, task="seg", **extra)
-        runner = train(cfg)
+        runner = train(cfg, reads)
         train_s = time.time() - t0
         if cfg.get("val_cfg") is not None and cfg.get("val_dataloader") is not None:
             # mmengine's iteration loop validates at its last iteration: that is the result (the same on every rank)
@@ -283,23 +288,6 @@ def run(cfg: Config) -> int:
     keys = ("status", "steps", "mIoU", "aAcc", "mAcc")
     print(json.dumps({k: final.get(k) for k in keys if k in final}), file=sys.stdout)
     return 0 if final.get("status") in ("ok", None) else 1
-
-
-def predict(config: str, checkpoint: str, images: list[str], inference: Optional[str] = None,
-            device: str = "cpu") -> list[torch.Tensor]:
-    """Label maps (H, W) at each image's own size from a trained segmentor checkpoint (SyncBN -> BN)."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmseg.apis import inference_model, init_model
-
-    cfg = Config.fromfile(str(config))
-    cfg.model.backbone.init_cfg = None
-    set_inference(cfg, inference)
-    model = init_model(cfg, None, device=device)
-    from mmengine.runner import load_checkpoint
-
-    load_segmentor(lambda p, strict: load_checkpoint(model, p, map_location=device, strict=strict), checkpoint)
-    model = revert_sync_batchnorm(model).eval()
-    return [r.pred_sem_seg.data[0].cpu() for r in (inference_model(model, img) for img in images)]
 
 
 # ----------------------------------------------------------------------------------------------
