@@ -89,13 +89,14 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from backbones.nepa import fold_layerscale, from_pretrained, save_checkpoint
-    from backbones.nepa.checkpoint import hold_checkpoint
+    from backbones.nepa.checkpoint import CheckpointReads
 
     if args.format != "nepa-eval" and Path(args.dst).suffix in (".safetensors", ".pth", ".pt", ".bin"):
         raise ValueError(f"--format {args.format} writes a directory (config.json + model.safetensors), and "
                          f"{args.dst} names a file: give a directory, e.g. {Path(args.dst).with_suffix('')}/")
-    raw = hold_checkpoint(args.src, ema=args.ema)  # read once: the model below takes it, the export its config.json
-    model = from_pretrained(args.src, ema=args.ema)
+    reads = CheckpointReads()  # read once: the model below takes the read, the export keeps its config.json
+    raw = reads.read(args.src, ema=args.ema)
+    model = from_pretrained(args.src, ema=args.ema, checkpoint_reads=reads)
     if args.fold_layerscale:
         x = torch.randn(1, model.cfg.in_chans, 2 * model.patch_size, 2 * model.patch_size)
         with torch.no_grad():
