@@ -18,8 +18,8 @@ from nepa_eval.cli import main as cli  # noqa: E402
 PRETRAIN = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 PRETRAIN_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
                  "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=16", "train_dataloader.num_workers=0",
-                 "train_dataloader.persistent_workers=False", "custom_hooks.2.enabled=False",
-                 "default_hooks.logger.interval=1", "custom_hooks.1.interval=1", "train_dataloader.sampler.seed=0"]
+                 "train_dataloader.persistent_workers=False", "default_hooks.knn.enabled=False",
+                 "default_hooks.logger.interval=1", "default_hooks.health.interval=1", "train_dataloader.sampler.seed=0"]
 LOSS_TOL = dict(rel=1e-4, abs=1e-5)
 
 

@@ -28,7 +28,7 @@ SNAP = "nepa-test/snapshot-only"  # only in the hub cache (a snapshot of the rep
 SHA = "0123456789abcdef0123456789abcdef01234567"
 PRETRAIN_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
                  "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=4", "train_dataloader.num_workers=0",
-                 "train_dataloader.persistent_workers=False", "train_cfg.max_iters=2", "custom_hooks.2.batch_size=8",
+                 "train_dataloader.persistent_workers=False", "train_cfg.max_iters=2", "default_hooks.knn.batch_size=8",
                  "default_hooks.checkpoint.interval=2"]
 
 

@@ -26,7 +26,7 @@ def _hook_types(runner) -> list[str]:
 @pytest.mark.parametrize("config", PRETRAIN_CONFIGS)
 def test_runner_from_cfg_finds_the_pretraining_hooks(tmp_path, config):
     """What mmengine's and mmseg's tools/train.py do with a pretraining config: Config.fromfile + Runner.from_cfg.
-    No nepa-eval code runs in between, yet the EMA, health and k-NN hooks and the run record are all there."""
+    No nepa-eval code runs in between, yet the lr recipe, EMA, health and k-NN hooks and the run record are all there."""
     from mmengine.runner import Runner
 
     cfg = Config.fromfile(str(ROOT / config))
@@ -38,7 +38,7 @@ def test_runner_from_cfg_finds_the_pretraining_hooks(tmp_path, config):
         cfg.optim_wrapper.pop("dtype")
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
     types = _hook_types(Runner.from_cfg(cfg))
-    for hook in ("EMAHook", "NepaHealthHook", "KnnMonitorHook", "RunRecordHook", "NepaCheckpointHook"):
+    for hook in ("EMAHook", "NepaHealthHook", "KnnMonitorHook", "RunRecordHook", "NepaCheckpointHook", "LrRecipeHook"):
         assert types.count(hook) == 1, (hook, types)
 
 
@@ -52,7 +52,7 @@ def test_plain_runner_trains_a_pretraining_config_as_nepa_eval_does(tmp_path):
     cfg.merge_from_dict({"work_dir": str(tmp_path), "experiment_name": "plain_runner", "train_cfg.max_iters": 4,
                          "train_dataloader.batch_size": 8, "train_dataloader.num_workers": 0,
                          "train_dataloader.persistent_workers": False, "default_hooks.logger.interval": 2,
-                         "custom_hooks.1.interval": 2, "knn_train.limit": 40, "knn_test.limit": 20})
+                         "default_hooks.health.interval": 2, "knn_train.limit": 40, "knn_test.limit": 20})
     Runner.from_cfg(cfg).train()
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["status"] == "ok" and final["steps"] == 4 and final["task"] == "pretrain"

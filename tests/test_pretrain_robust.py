@@ -22,8 +22,8 @@ from nepa_eval.data.sources import ImageDataset  # noqa: E402
 TINY_CFG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 TINY_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
              "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=8", "train_dataloader.num_workers=0",
-             "train_dataloader.persistent_workers=False", "custom_hooks.2.enabled=False",
-             "default_hooks.logger.interval=1", "custom_hooks.1.interval=1"]
+             "train_dataloader.persistent_workers=False", "default_hooks.knn.enabled=False",
+             "default_hooks.logger.interval=1", "default_hooks.health.interval=1"]
 
 
 class NanAfterDataset(ImageDataset):
@@ -204,7 +204,7 @@ def test_mosaic_source_is_the_seg_sets_image_distribution_without_labels(tmp_pat
 
     wd = tmp_path / "run"  # the domain-pretraining recipe runs and reports a k-NN on single 28 px items
     rc = run_cli(["pretrain", "--config", "cls_configs/pretrain/nepa_tiny_fmosaic.py", "--work-dir", str(wd),
-                  "--cfg-options", *[o for o in TINY_OPTS if not o.startswith("custom_hooks.2")], "train_cfg.max_iters=2",
+                  "--cfg-options", *[o for o in TINY_OPTS if not o.startswith("default_hooks.knn")], "train_cfg.max_iters=2",
                   "train_dataloader.batch_size=4", "knn_train.limit=40", "knn_test.limit=20"])
     assert rc == 0
     f = final(wd)

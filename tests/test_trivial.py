@@ -8,8 +8,8 @@ from conftest import FASHION
 from nepa_eval.cli import main as cli
 
 OPTS = ["train_cfg.max_iters=20", "train_dataloader.batch_size=32", "train_dataloader.num_workers=0",
-        "train_dataloader.persistent_workers=False", "custom_hooks.2.enabled=False", "default_hooks.logger.interval=5",
-        "custom_hooks.1.interval=5", "default_hooks.checkpoint.interval=100"]
+        "train_dataloader.persistent_workers=False", "default_hooks.knn.enabled=False", "default_hooks.logger.interval=5",
+        "default_hooks.health.interval=5", "default_hooks.checkpoint.interval=100"]
 
 
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
