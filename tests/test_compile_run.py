@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import needs_fashion
+from conftest import needs_fashion, require
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from nepa_eval.cli import main as cli  # noqa: E402
 
@@ -218,7 +218,7 @@ def test_compiled_finetune_matches_eager(tmp_path):
 def test_compiled_seg_run_matches_eager(tiny_mosaic, tiny_seg_backbone, tmp_path):
     """An mmseg segmentor (we do not own its train_step) under `--compile`, with dynamo's eager backend (inductor
     takes minutes to build UPerNet on 2 cores): the same losses and checkpoint keys as the uncompiled run."""
-    pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is not installed")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     cfg = "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"
     opts = ["train_cfg.max_iters=3", "train_cfg.val_interval=3", "default_hooks.logger.interval=1",
             "train_dataloader.batch_size=4", "val_dataloader.batch_size=8", "test_dataloader.batch_size=8",

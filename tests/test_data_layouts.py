@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, mean_patch_features, numpy_knn_top1, tiny_kwargs
+from conftest import ROOT, mean_patch_features, numpy_knn_top1, require, tiny_kwargs
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from nepa_eval.cli import main as cli  # noqa: E402
 from nepa_eval.data import DataError  # noqa: E402
@@ -189,7 +189,7 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture(scope="module")
 def hub_runs(tmp_path_factory, ckpt):
     """Every Hugging Face layout through the CLI, offline, in one child process; ({name: rc, err}, paths)."""
-    pytest.importorskip("datasets")
+    require("datasets", "Hugging Face datasets")
     t = tmp_path_factory.mktemp("hf_layouts")
     hf_home = t / "hf_home"
     import datasets as hf
@@ -286,7 +286,7 @@ def test_split_names_as_the_data_names_them():
 
 
 def test_parquet_split_names_and_columns_by_features(tmp_path):
-    hf = pytest.importorskip("datasets")
+    hf = require("datasets", "Hugging Face datasets")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import ROOT, SEG_TINY_ARCH as TINY_ARCH, needs_fashion
+from conftest import ROOT, SEG_TINY_ARCH as TINY_ARCH, needs_fashion, require
 
 PRETRAIN_CONFIGS = ["cls_configs/pretrain/nepa_tiny_fmnist.py", "cls_configs/pretrain/nepa_tiny_fmosaic.py",
                     "cls_configs/pretrain/nepa_b_release.py", "cls_configs/pretrain/nepa_l_release.py"]
@@ -78,7 +78,7 @@ def tiny_backbone(tiny_seg_backbone):
 def test_a_seg_run_reads_its_checkpoint_once(tmp_path, mosaic, tiny_backbone, monkeypatch):
     """`nepa-eval seg --ckpt X`: the task resolves X's architecture and writes it into the config, the backbone
     loads it in init_weights; the file is read from disk once, and the loaded weights are X's."""
-    pytest.importorskip("mmseg.models")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     from backbones.nepa import checkpoint
     from nepa_eval.cli import main as cli
 
@@ -99,7 +99,7 @@ def test_a_seg_run_reads_its_checkpoint_once(tmp_path, mosaic, tiny_backbone, mo
 def test_seg_backbone_constructor_never_touches_disk(tmp_path):
     """NepaBackbone is an mmengine BaseModule: building it from a config naming a checkpoint that does not exist
     succeeds; init_weights is where the file is read (and a missing one is a clear error)."""
-    pytest.importorskip("mmseg.models")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     from mmengine.model import BaseModule
 
     from backbones.nepa import CheckpointError
@@ -122,7 +122,7 @@ def _free_port() -> int:
 def test_seg_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, mosaic, tiny_backbone):
     """torchrun --nproc_per_node 2 ... seg --launcher pytorch on a CPU (gloo): 2 x batch 2 trains the same weights
     and evaluates the same mIoU as 1 x batch 4 (no augmentation, no BatchNorm in the linear-head config)."""
-    pytest.importorskip("mmseg.models")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     cfg = tmp_path / "deterministic.py"
     cfg.write_text(f"_base_ = ['{ROOT / LINEAR_SEG}']\n"
                    "train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), "

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 import numpy as np
 from PIL import Image
 
-from conftest import mean_patch_features, needs_fashion, numpy_knn_top1, tiny_kwargs
+from conftest import mean_patch_features, needs_fashion, numpy_knn_top1, require, tiny_kwargs
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from mmengine.config import Config  # noqa: E402
 

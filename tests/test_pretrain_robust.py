@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import mean_patch_features, needs_fashion, numpy_knn_top1
+from conftest import mean_patch_features, needs_fashion, numpy_knn_top1, require
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from mmengine.registry import DATASETS  # noqa: E402
 
@@ -174,7 +174,7 @@ def test_folder_and_hf_sources_pretrain(tmp_path, source):
         root = _folder(tmp_path / "data", bad=False)
         extra = []
     else:
-        hfds = pytest.importorskip("datasets")
+        hfds = require("datasets", "Hugging Face datasets")
         rng = np.random.default_rng(0)
         imgs = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(8)]
         root = tmp_path / "hf"

@@ -69,8 +69,6 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert json.loads((cut / "final_metrics.json").read_text())["status"] == "ok"
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun not found")
 def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path):
     # deterministic inputs (resize, no RoPE rescale, no masking), so only the data split differs
     opts = BASE_OPTS + ["train_cfg.max_iters=6", "default_hooks.checkpoint.interval=6",
