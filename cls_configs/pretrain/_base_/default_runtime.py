@@ -1,5 +1,6 @@
-# Runtime shared by every pretraining recipe: iteration-based loop, JSON + TensorBoard scalars, progress with ETA in
-# the log; its hooks (crash-safe checkpoints, lr recipe, health and non-finite checks, ...) are pretrain_runtime_hooks.py.
+# Runtime shared by every pretraining recipe: iteration-based loop, JSON + TensorBoard scalars, progress with ETA
+# in the log; its hooks (crash-safe checkpoints, lr recipe, health and non-finite checks, ...):
+# pretrain_runtime_hooks.py.
 custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.data.check', 'nepa_eval.tasks.pretrain'],
                       allow_failed_imports=False)
 

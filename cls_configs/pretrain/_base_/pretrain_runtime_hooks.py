@@ -8,7 +8,8 @@
 #               CosineAnnealingLR to min_lr_ratio x lr; resolved when the Runner starts, after --cfg-options
 #   checkpoint  NepaCheckpointHook: mmengine checkpoints written atomically, with the RNG states (exact resume)
 #   ema         EMAHook: EMA of the weights, saved in every checkpoint (its 'state_dict' holds the EMA weights,
-#               'ema_state_dict' the raw ones; the weight door returns the raw ones, ema=True the EMA ones); decay 0.9999
+#               'ema_state_dict' the raw ones; the weight door returns the raw ones, ema=True the EMA ones);
+#               decay 0.9999
 #   health      NepaHealthHook: out_std and eff_rank every `interval` steps, and the collapse detector: out_std below
 #               collapse_std (absolute) or below collapse_ratio x the highest out_std of the run, for `patience`
 #               checks -> status 'collapsed' in final_metrics.json and, with stop_on_collapse, the run stops; and the
