@@ -160,9 +160,43 @@ def test_position_switches_are_gone_from_commands_and_tables():
     import re
 
     offenders = []
-    for path in [*(ROOT / "nepa_eval").rglob("*.py"), *(ROOT / "reports").glob("*.yaml"), *(ROOT / "tests").glob("*.py"),
+    for path in [*(ROOT / "nepa_eval").rglob("*.py"), *(ROOT / "reports").glob("*.yaml"),
+                 *(ROOT / "tests").glob("*.py"),
                  *(ROOT / "cls_configs").rglob("*.py"), ROOT / "README.md"]:
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"custom_hooks\.\d", line) and path.name != Path(__file__).name:
                 offenders.append(f"{path.relative_to(ROOT)}:{i}")
     assert not offenders, offenders
+
+
+def test_release_recipe_hook_resolves_its_lr_at_its_batch(tmp_path):
+    """nepa_b_release.py's LrRecipeHook on 8 processes of 128 images x 4 accumulation steps (the release's 4096):
+    lr 3e-4 x 4096 / 256 = 4.8e-3, reached after the warm-up (2.5 % of the budget) and annealed to 0 at its end."""
+    from types import SimpleNamespace
+
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import HOOKS, PARAM_SCHEDULERS
+
+    cfg = Config.fromfile(str(ROOT / "cls_configs/pretrain/nepa_b_release.py"))
+    cfg.optim_wrapper.type = "OptimWrapper"  # bf16 AMP needs a GPU; the lr does not
+    cfg.optim_wrapper.pop("dtype")
+    wrapper = build_optim_wrapper(torch.nn.Linear(4, 4), cfg.optim_wrapper)
+    total = 400
+    def build(scheds):  # what Runner.build_param_scheduler does with one optimizer
+        return [PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=wrapper)) for s in scheds]
+
+    runner = SimpleNamespace(optim_wrapper=wrapper, param_schedulers=[], cfg=cfg, world_size=8, max_iters=total,
+                             train_dataloader=SimpleNamespace(batch_size=128), work_dir=str(tmp_path),
+                             build_param_scheduler=build)
+    hook = HOOKS.build(cfg.default_hooks.lr_recipe)
+    hook.before_run(runner)
+    assert hook.resolved["effective_batch"] == 4096 and hook.resolved["lr"] == pytest.approx(4.8e-3)
+    assert hook.resolved["warmup_iters"] == 10 and hook.resolved["updates"] == 100
+    lrs = []
+    for _ in range(total):
+        lrs.append(wrapper.get_lr()["lr"][0])
+        for s in runner.param_schedulers:
+            s.step()
+    assert lrs[0] == pytest.approx(4.8e-6) and lrs[10] == pytest.approx(4.8e-3)  # warm-up from 1e-3 x lr
+    assert max(lrs) == pytest.approx(4.8e-3) and lrs[-1] < 1e-6
+    assert read_final(tmp_path)["lr"] == pytest.approx(4.8e-3)
