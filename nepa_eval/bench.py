@@ -216,16 +216,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @bench("pretrain")
 def bench_pretrain(args: argparse.Namespace) -> None:
-    """One NEPA pretraining step (the function lives beside its task)."""
-    from nepa_eval.tasks.pretrain import bench_pretrain as run
+    """One NEPA pretraining step (nepa_eval/bench_pretrain.py)."""
+    from nepa_eval.bench_pretrain import bench_pretrain as run
 
     run(args)
 
 
 @bench("seg")
 def bench_seg(args: argparse.Namespace) -> None:
-    """One NEPA-B + UPerNet training iteration beside mmseg's MAE-B (the function lives beside its task)."""
-    from nepa_eval.tasks.seg import bench_seg as run
+    """One NEPA-B + UPerNet training iteration beside mmseg's MAE-B (nepa_eval/bench_seg.py)."""
+    from nepa_eval.bench_seg import bench_seg as run
 
     run(args)
 
@@ -245,7 +245,7 @@ def bench_jobs(args: argparse.Namespace) -> None:
         def chains(tag: str) -> list[list[Stage]]:
             return [[Stage(["pretrain", "--config", "cls_configs/pretrain/nepa_tiny_fmnist.py", "--work-dir",
                             f"{tmp}/{tag}{k}", "--seed", str(k), "--cfg-options",
-                            f"train_cfg.max_iters={args.jobs_steps}", "custom_hooks.2.enabled=False"],
+                            f"train_cfg.max_iters={args.jobs_steps}", "default_hooks.knn.enabled=False"],
                            Path(tmp) / f"{tag}{k}", f"{tag} run {k}")] for k in range(n)]
 
         wall = {}

@@ -82,7 +82,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     log "installing Debian package dataset-fashion-mnist"
     if ! { $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
            || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; then
-        log "WARNING: could not install dataset-fashion-mnist; tests that need it will skip"
+        log "WARNING: could not install dataset-fashion-mnist; the tests that need it will fail"
     fi
 fi
 
@@ -107,7 +107,7 @@ with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
     shutil.copytree(src, str(dest) + ".tmp")
     Path(str(dest) + ".tmp").rename(dest)  # the cache only ever holds a complete folder
 PYEOF
-    then :; else log "WARNING: could not fetch labelme's VOC photos; the VOC smoke test will skip"; fi
+    then :; else log "WARNING: could not fetch labelme's VOC photos; the VOC smoke test will fail"; fi
     rm -rf "$LM_TMP"
 fi
 
@@ -134,7 +134,7 @@ with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
     shutil.rmtree(dest / "tests", ignore_errors=True)
     (dest / "tests.tmp").rename(dest / "tests")  # the cache only ever holds a complete folder
 PYEOF
-    then :; else log "WARNING: could not fetch timm's test-suite; tests/test_timm_suite.py will skip"; fi
+    then :; else log "WARNING: could not fetch timm's test-suite; tests/test_timm_suite.py will fail"; fi
     rm -rf "$TT_TMP"
 fi
 

@@ -1,5 +1,7 @@
+import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,13 +15,39 @@ FIXTURES = SHARED / "fixtures" / "official_nepa"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # the file the Fashion-MNIST loader reads first: a directory without it (a partial install) is no data set
 HAVE_FASHION = (FASHION / "train-images-idx3-ubyte.gz").is_file()
-needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+
+
+# Nothing skips for a missing part: scripts/setup.sh installs every part the tests use, so a missing one is a broken
+# set-up, and the tests that need it fail with a message naming it (at module level: a collection error).
+def require(module: str, what: str) -> Any:
+    """`module` imported, or a failure naming `what` is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"{what} is missing: `import {module}` failed ({e}); scripts/setup.sh installs it", pytrace=False)
+
+
+def require_fashion() -> Path:
+    """Fashion-MNIST's folder, or a failure naming the missing data set."""
+    if not HAVE_FASHION:
+        pytest.fail(f"Fashion-MNIST is missing: no {FASHION / 'train-images-idx3-ubyte.gz'} (Debian package "
+                    "dataset-fashion-mnist; scripts/setup.sh installs it)", pytrace=False)
+    return FASHION
+
+
+@pytest.fixture
+def fashion_mnist() -> Path:
+    return require_fashion()
+
+
+needs_fashion = pytest.mark.usefixtures("fashion_mnist")
 
 
 @pytest.fixture
 def official_dir():
     if not FIXTURES.is_dir():
-        pytest.skip(f"official fixtures not found at {FIXTURES} (set NEPA_SHARED to the shared/ folder)")
+        pytest.fail(f"the official NEPA fixtures are missing: no {FIXTURES} (set NEPA_SHARED to the shared/ folder)",
+                    pytrace=False)
     return FIXTURES
 
 
@@ -29,8 +57,7 @@ SEG_TINY_ARCH = dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_
 @pytest.fixture(scope="session")
 def tiny_mosaic(tmp_path_factory):
     """A 16 + 8 canvas Fashion-MNIST mosaic set in the ADE20K layout, written once per test session."""
-    if not HAVE_FASHION:
-        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+    require_fashion()
     from nepa_eval.data.fashion import make_mosaic
 
     root = tmp_path_factory.mktemp("mosaic")

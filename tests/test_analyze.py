@@ -16,7 +16,7 @@ from nepa_eval.cli import main as cli_main
 def foolbox_photos():
     spec = importlib.util.find_spec("foolbox")
     if spec is None:
-        pytest.skip("foolbox's data folder is not installed (make setup installs it)")
+        pytest.fail("foolbox's photos are missing: foolbox is not installed (scripts/setup.sh installs it)", pytrace=False)
     return Path(spec.submodule_search_locations[0]) / "data"
 
 

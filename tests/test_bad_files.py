@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import HAVE_FASHION, ROOT, tiny_kwargs
+from conftest import ROOT, require, require_fashion, tiny_kwargs
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from mmengine.registry import DATASETS  # noqa: E402
 
@@ -88,7 +88,7 @@ def test_a_bad_image_is_replaced_by_the_next_good_one_and_reported(tmp_path, cap
 
 
 def test_a_bad_hugging_face_row_is_named_by_row_and_skipped(tmp_path):
-    hf = pytest.importorskip("datasets")
+    hf = require("datasets", "Hugging Face datasets")
     imgs = [Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)) for k in range(3)]
     ds = hf.Dataset.from_dict({"image": imgs, "label": [0, 1, 2]}, features=hf.Features(
         {"image": hf.Image(), "label": hf.ClassLabel(names=["a", "b", "c"])}))
@@ -179,9 +179,8 @@ SEG_FAST = ["train_dataloader.batch_size=4", "train_dataloader.num_workers=1", "
 def bad_mosaic(tmp_path):
     """The mosaic set (8 training, 4 validation canvases), one training image truncated (its header reads, so only
     decoding finds it) and one training annotation cropped to 50x40."""
-    pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is not installed")
-    if not HAVE_FASHION:
-        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
+    require_fashion()
     from nepa_eval.data.fashion import make_mosaic
 
     root = make_mosaic(tmp_path / "mosaic", n_train=8, n_val=4, seed=3)

@@ -32,7 +32,6 @@ def test_backbone_table_compares_each_row_with_eva_in_its_mode_and_dtype(capsys,
         assert float(cells[3]) == pytest.approx(1000 / r["ms"], rel=0.01)  # img/s of batch 1
         share = (2.0 if r["dtype"] == "float32" else 1.0) / r["ms"]  # the GEMMs' time over the row's
         assert r["gemm_share"] == pytest.approx(share) and cells[8] == f"{100 * share:.0f}%"
-    assert [r["speed"] for r in rows if r["model"] == "timm eva-b"] == [1.0, 1.0]
 
 
 def test_eva_reference_has_our_architecture():

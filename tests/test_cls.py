@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-from conftest import ROOT, tiny_kwargs
+from conftest import ROOT, require, tiny_kwargs
 from backbones.nepa import NepaViT, save_checkpoint
 from nepa_eval.cli import main as cli
 from nepa_eval.tasks.cls import NepaClassifier
@@ -382,7 +382,7 @@ def test_two_process_gloo(tmp_path):
 
 def test_folder_and_hf_data_sources(tmp_path):
     """--data with an ImageFolder tree and with a saved Hugging Face dataset: the class count comes from the data."""
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets", "Hugging Face datasets")
     folder = _folder(tmp_path / "folder", classes=3, per_class=4)
     wd = tmp_path / "f"
     assert cli(["cls", "--ckpt", "none", "--config", tiny_config(tmp_path, bs=4), "--data", str(folder),

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import needs_fashion
+from conftest import needs_fashion, require
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from nepa_eval.cli import main as cli  # noqa: E402
 
 PRETRAIN = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 PRETRAIN_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
                  "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=16", "train_dataloader.num_workers=0",
-                 "train_dataloader.persistent_workers=False", "custom_hooks.2.enabled=False",
-                 "default_hooks.logger.interval=1", "custom_hooks.1.interval=1", "train_dataloader.sampler.seed=0"]
+                 "train_dataloader.persistent_workers=False", "default_hooks.knn.enabled=False",
+                 "default_hooks.logger.interval=1", "default_hooks.health.interval=1", "train_dataloader.sampler.seed=0"]
 LOSS_TOL = dict(rel=1e-4, abs=1e-5)
 
 
@@ -218,7 +218,7 @@ def test_compiled_finetune_matches_eager(tmp_path):
 def test_compiled_seg_run_matches_eager(tiny_mosaic, tiny_seg_backbone, tmp_path):
     """An mmseg segmentor (we do not own its train_step) under `--compile`, with dynamo's eager backend (inductor
     takes minutes to build UPerNet on 2 cores): the same losses and checkpoint keys as the uncompiled run."""
-    pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is not installed")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     cfg = "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"
     opts = ["train_cfg.max_iters=3", "train_cfg.val_interval=3", "default_hooks.logger.interval=1",
             "train_dataloader.batch_size=4", "val_dataloader.batch_size=8", "test_dataloader.batch_size=8",

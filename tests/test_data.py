@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION, ROOT
+from conftest import ROOT, needs_fashion, require
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from mmengine.registry import DATASETS, FUNCTIONS  # noqa: E402
 
@@ -21,10 +21,6 @@ from nepa_eval.data import DataError  # noqa: E402
 from nepa_eval.data.fashion import FASHION_CLASSES, fashion_mnist_arrays, make_mosaic, mosaic_canvas  # noqa: E402
 from nepa_eval.data.sources import ImageDataset, ImageFolderDataset  # noqa: E402
 from nepa_eval.data.transforms import collate  # noqa: E402
-
-needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-                                   reason="Fashion-MNIST (Debian dataset-fashion-mnist) is not installed")
-
 
 def pixels(ds, i: int) -> tuple[int, int]:
     """(sum of image i's RGB uint8 pixels, label i): a fingerprint of one item."""
@@ -144,7 +140,7 @@ def test_folder_source_errors_name_the_folder_and_the_fix(tmp_path):
 
 
 def test_hf_source(tmp_path):
-    hf = pytest.importorskip("datasets")
+    hf = require("datasets", "Hugging Face datasets")
     rng = np.random.default_rng(0)
     feats = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=["a", "b", "c", "d"])})
     arrays = {s: [rng.integers(0, 255, (6, 5, 3), dtype=np.uint8) for _ in range(n)] for s, n in (("t", 9), ("v", 6))}
@@ -207,7 +203,7 @@ def test_light_imports():
 
 
 def test_seg_configs_import_the_mosaic_dataset_from_the_data_package():
-    pytest.importorskip("mmseg")
+    require("mmseg", "mmsegmentation with compiled mmcv ops")
     from mmengine.config import Config
     from mmseg.registry import DATASETS as SEG_DATASETS
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, mean_patch_features, numpy_knn_top1, tiny_kwargs
+from conftest import ROOT, mean_patch_features, numpy_knn_top1, require, tiny_kwargs
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from nepa_eval.cli import main as cli  # noqa: E402
 from nepa_eval.data import DataError  # noqa: E402
@@ -28,7 +28,7 @@ SNAP = "nepa-test/snapshot-only"  # only in the hub cache (a snapshot of the rep
 SHA = "0123456789abcdef0123456789abcdef01234567"
 PRETRAIN_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
                  "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=4", "train_dataloader.num_workers=0",
-                 "train_dataloader.persistent_workers=False", "train_cfg.max_iters=2", "custom_hooks.2.batch_size=8",
+                 "train_dataloader.persistent_workers=False", "train_cfg.max_iters=2", "default_hooks.knn.batch_size=8",
                  "default_hooks.checkpoint.interval=2"]
 
 
@@ -189,7 +189,7 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture(scope="module")
 def hub_runs(tmp_path_factory, ckpt):
     """Every Hugging Face layout through the CLI, offline, in one child process; ({name: rc, err}, paths)."""
-    pytest.importorskip("datasets")
+    require("datasets", "Hugging Face datasets")
     t = tmp_path_factory.mktemp("hf_layouts")
     hf_home = t / "hf_home"
     import datasets as hf
@@ -286,7 +286,7 @@ def test_split_names_as_the_data_names_them():
 
 
 def test_parquet_split_names_and_columns_by_features(tmp_path):
-    hf = pytest.importorskip("datasets")
+    hf = require("datasets", "Hugging Face datasets")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

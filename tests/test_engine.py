@@ -12,7 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import ROOT, SEG_TINY_ARCH as TINY_ARCH, needs_fashion
+from conftest import ROOT, SEG_TINY_ARCH as TINY_ARCH, needs_fashion, require
 
 PRETRAIN_CONFIGS = ["cls_configs/pretrain/nepa_tiny_fmnist.py", "cls_configs/pretrain/nepa_tiny_fmosaic.py",
                     "cls_configs/pretrain/nepa_b_release.py", "cls_configs/pretrain/nepa_l_release.py"]
@@ -26,7 +26,7 @@ def _hook_types(runner) -> list[str]:
 @pytest.mark.parametrize("config", PRETRAIN_CONFIGS)
 def test_runner_from_cfg_finds_the_pretraining_hooks(tmp_path, config):
     """What mmengine's and mmseg's tools/train.py do with a pretraining config: Config.fromfile + Runner.from_cfg.
-    No nepa-eval code runs in between, yet the EMA, health and k-NN hooks and the run record are all there."""
+    No nepa-eval code runs in between, yet the lr recipe, EMA, health and k-NN hooks and the run record are all there."""
     from mmengine.runner import Runner
 
     cfg = Config.fromfile(str(ROOT / config))
@@ -38,7 +38,7 @@ def test_runner_from_cfg_finds_the_pretraining_hooks(tmp_path, config):
         cfg.optim_wrapper.pop("dtype")
     cfg.env_cfg.dist_cfg = dict(backend="gloo")
     types = _hook_types(Runner.from_cfg(cfg))
-    for hook in ("EMAHook", "NepaHealthHook", "KnnMonitorHook", "RunRecordHook", "NepaCheckpointHook"):
+    for hook in ("EMAHook", "NepaHealthHook", "KnnMonitorHook", "RunRecordHook", "NepaCheckpointHook", "LrRecipeHook"):
         assert types.count(hook) == 1, (hook, types)
 
 
@@ -52,7 +52,7 @@ def test_plain_runner_trains_a_pretraining_config_as_nepa_eval_does(tmp_path):
     cfg.merge_from_dict({"work_dir": str(tmp_path), "experiment_name": "plain_runner", "train_cfg.max_iters": 4,
                          "train_dataloader.batch_size": 8, "train_dataloader.num_workers": 0,
                          "train_dataloader.persistent_workers": False, "default_hooks.logger.interval": 2,
-                         "custom_hooks.1.interval": 2, "knn_train.limit": 40, "knn_test.limit": 20})
+                         "default_hooks.health.interval": 2, "knn_train.limit": 40, "knn_test.limit": 20})
     Runner.from_cfg(cfg).train()
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["status"] == "ok" and final["steps"] == 4 and final["task"] == "pretrain"
@@ -81,7 +81,7 @@ def tiny_backbone(tiny_seg_backbone):
 def test_a_seg_run_reads_its_checkpoint_once(tmp_path, mosaic, tiny_backbone, monkeypatch):
     """`nepa-eval seg --ckpt X`: the task resolves X's architecture and writes it into the config, the backbone
     loads it in init_weights; the file is read from disk once, and the loaded weights are X's."""
-    pytest.importorskip("mmseg.models")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     from backbones.nepa import checkpoint
     from nepa_eval.cli import main as cli
 
@@ -102,7 +102,7 @@ def test_a_seg_run_reads_its_checkpoint_once(tmp_path, mosaic, tiny_backbone, mo
 def test_seg_backbone_constructor_never_touches_disk(tmp_path):
     """NepaBackbone is an mmengine BaseModule: building it from a config naming a checkpoint that does not exist
     succeeds; init_weights is where the file is read (and a missing one is a clear error)."""
-    pytest.importorskip("mmseg.models")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     from mmengine.model import BaseModule
 
     from backbones.nepa import CheckpointError
@@ -125,7 +125,7 @@ def _free_port() -> int:
 def test_seg_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, mosaic, tiny_backbone):
     """torchrun --nproc_per_node 2 ... seg --launcher pytorch on a CPU (gloo): 2 x batch 2 trains the same weights
     and evaluates the same mIoU as 1 x batch 4 (no augmentation, no BatchNorm in the linear-head config)."""
-    pytest.importorskip("mmseg.models")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     cfg = tmp_path / "deterministic.py"
     cfg.write_text(f"_base_ = ['{ROOT / LINEAR_SEG}']\n"
                    "train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), "

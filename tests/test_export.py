@@ -149,7 +149,7 @@ def test_pretraining_run_exported_to_hf_gives_the_same_features(tmp_path):
             "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=8", "train_dataloader.num_workers=0",
             "train_dataloader.persistent_workers=False", "train_dataloader.dataset.limit=16", "knn_train.limit=20",
             "knn_test.limit=10", "train_cfg.max_iters=2", "default_hooks.checkpoint.interval=2",
-            "custom_hooks.0.momentum=0.5"]
+            "default_hooks.ema.momentum=0.5"]
     assert cli(["pretrain", "--config", "cls_configs/pretrain/nepa_tiny_fmnist.py", "--work-dir", str(wd),
                 "--cfg-options", *opts]) == 0
     x = torch.randn(2, 3, 28, 28)

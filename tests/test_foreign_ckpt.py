@@ -10,10 +10,10 @@ import torch
 
 from backbones.nepa import CheckpointError, NepaViT, from_pretrained, save_checkpoint
 from backbones.nepa.checkpoint import identify_foreign, read_checkpoint, to_nepa_state_dict
-from conftest import tiny_kwargs
+from conftest import require, tiny_kwargs
 from nepa_eval.cli import main as cli
 
-timm = pytest.importorskip("timm")
+timm = require("timm", "timm")
 SMALL = dict(depth=1, embed_dim=64, num_heads=2)
 
 

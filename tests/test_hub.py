@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from backbones.nepa import CheckpointError, CheckpointReads, from_pretrained
 from backbones.nepa import checkpoint as door
 from backbones.nepa.hub import HubError, HubRef, parse_hub_id
-from conftest import HAVE_FASHION, ROOT
+from conftest import ROOT, needs_fashion, require
 from nepa_eval.cli import main as cli
 
 REPO = "nepa-test/tiny-cls"
@@ -250,7 +250,7 @@ def test_knn_with_an_id_equals_knn_with_the_directory(release_repo, tmp_path):
     assert a == b
 
 
-@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+@needs_fashion
 def test_cls_eval_only_with_an_id_reads_the_checkpoint_once(release_repo, tmp_path, monkeypatch):
     from test_cls import final, tiny_config
 
@@ -283,7 +283,7 @@ def test_timm_pretrained_cfg_overlay_takes_an_id(release_repo):
 
 
 def test_seg_with_an_id_writes_the_snapshot_and_reads_once(release_repo, tmp_path, monkeypatch):
-    pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is not installed")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     from mmseg.registry import MODELS
 
     from nepa_eval.cli import build_parser
@@ -315,7 +315,7 @@ def test_seg_with_an_id_writes_the_snapshot_and_reads_once(release_repo, tmp_pat
 
 
 def test_seg_ckpt_none_is_random_initialisation(tmp_path):
-    pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is not installed")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     from nepa_eval.cli import build_parser
     from nepa_eval.commands import seg as seg_cmd
     from nepa_eval.tasks import seg

@@ -7,7 +7,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from conftest import ROOT, tiny_kwargs
+from conftest import ROOT, require, tiny_kwargs
 from nepa_eval.layer_decay import LayerDecayLRHook, build_param_groups, decay_rate_at, layer_exponent
 from nepa_eval.tasks.cls import NepaClassifier
 
@@ -166,7 +166,7 @@ def test_seg_exponents_are_mmsegs_own_layer_for_layer():
     """Our seg recipe's lr scales equal those of mmseg's own LearningRateDecayOptimizerConstructor on mmseg's own MAE
     backbone (the anchor's recipe), mapped layer for layer: MAE layers.i <-> our blocks.i, patch_embed.projection
     and cls_token <-> ours, the final norm and everything outside the backbone at scale 1. The release's convention is one step lower."""
-    pytest.importorskip("mmseg.models")
+    require("mmseg.models", "mmsegmentation with compiled mmcv ops")
     import torch.nn as nn
     from mmengine.optim import build_optim_wrapper
     from mmseg.engine.optimizers import LearningRateDecayOptimizerConstructor

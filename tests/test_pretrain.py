@@ -14,14 +14,14 @@ import torch.nn.functional as F
 import numpy as np
 from PIL import Image
 
-from conftest import mean_patch_features, needs_fashion, numpy_knn_top1, tiny_kwargs
+from conftest import mean_patch_features, needs_fashion, numpy_knn_top1, require, tiny_kwargs
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from mmengine.config import Config  # noqa: E402
 
-from nepa_eval.tasks.pretrain import (NepaHealthHook, NepaPretrainModel,  # noqa: E402
-                                      apply_recipe, health_metrics)
+from nepa_eval.hooks import config_recipe  # noqa: E402
+from nepa_eval.tasks.pretrain import NepaPretrainModel, health_metrics  # noqa: E402
 
 TINY_CFG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 
@@ -97,21 +97,23 @@ def test_no_weight_decay_groups():
 
 
 def test_recipe_lr_and_schedule_follow_batch_and_iters():
+    """What the configs' LrRecipeHook resolves, read from the config file after --cfg-options (the run itself is
+    checked step by step in test_tools_train.py)."""
     cfg = Config.fromfile(TINY_CFG)
+    assert cfg.param_scheduler == [] and cfg.default_hooks.lr_recipe.type == "LrRecipeHook"
     cfg.merge_from_dict({"train_dataloader.batch_size": 64, "optim_wrapper.accumulative_counts": 4,
-                         "train_cfg.max_iters": 400, "base_lr": 3e-4})
-    info = apply_recipe(cfg, world_size=2)
-    assert info["effective_batch"] == 64 * 2 * 4
-    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(3e-4 * 512 / 256)
-    warm, cos = cfg.param_scheduler
-    assert warm["type"] == "LinearLR" and warm["end"] == 10  # 2.5 % of 400
-    assert cos["type"] == "CosineAnnealingLR" and cos["begin"] == 10 and cos["end"] == 400
+                         "train_cfg.max_iters": 400, "optim_wrapper.optimizer.lr": 3e-4})
+    info = config_recipe(cfg, world_size=2)
+    assert info["effective_batch"] == 64 * 2 * 4 and info["updates"] == 100 and info["micro_iterations"] == 400
+    assert info["lr"] == pytest.approx(3e-4 * 512 / 256)
+    assert info["warmup_iters"] == 10  # 2.5 % of 400
     release = Config.fromfile("cls_configs/pretrain/nepa_b_release.py")
     assert release.optim_wrapper.optimizer.betas == (0.9, 0.95)
-    assert apply_recipe(release, world_size=8)["effective_batch"] == 4096
-    assert release.optim_wrapper.optimizer.lr == pytest.approx(3e-4 * 16)
+    info = config_recipe(release, world_size=8)
+    assert info["effective_batch"] == 4096 and info["lr"] == pytest.approx(4.8e-3)
+    assert info["warmup_iters"] == round(0.025 * release.train_cfg.max_iters)
     large = Config.fromfile("cls_configs/pretrain/nepa_l_release.py")
-    assert large.model.backbone.depth == 24 and apply_recipe(large, world_size=8)["effective_batch"] == 4096
+    assert large.model.backbone.depth == 24 and config_recipe(large, world_size=8)["effective_batch"] == 4096
 
 
 def test_health_metrics_separate_collapse_from_spread():
@@ -131,8 +133,8 @@ def test_collapse_detector_marks_and_stops(tmp_path):
             Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(tmp_path / "data" / "train" / c / f"{i}.png")
     wd = tmp_path / "run"
     rc = run_cli(["pretrain", "--config", TINY_CFG, "--work-dir", str(wd), "--cfg-options", *TINY_OPTS,
-                  "train_cfg.max_iters=10", "train_dataloader.batch_size=4", "custom_hooks.2.enabled=False",
-                  "default_hooks.logger.interval=1", "custom_hooks.1.interval=1", "custom_hooks.1.patience=3",
+                  "train_cfg.max_iters=10", "train_dataloader.batch_size=4", "default_hooks.knn.enabled=False",
+                  "default_hooks.logger.interval=1", "default_hooks.health.interval=1", "default_hooks.health.patience=3",
                   "train_dataloader.dataset.source=folder", f"train_dataloader.dataset.root={tmp_path / 'data'}"])
     assert rc == 0
     final = json.loads((wd / "final_metrics.json").read_text())
@@ -152,7 +154,7 @@ def run_cli(argv: list[str]) -> int:
 TINY_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
              "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=16", "train_dataloader.num_workers=0",
              "train_dataloader.persistent_workers=False", "knn_train.limit=200", "knn_test.limit=100",
-             "default_hooks.logger.interval=2", "custom_hooks.1.interval=2"]
+             "default_hooks.logger.interval=2", "default_hooks.health.interval=2"]
 
 
 @needs_fashion
@@ -162,7 +164,7 @@ def test_tiny_run_is_self_describing_and_loads_through_the_door(tmp_path):
 
     wd = tmp_path / "run"
     rc = run_cli(["pretrain", "--config", TINY_CFG, "--work-dir", str(wd), "--cfg-options", *TINY_OPTS,
-                  "train_cfg.max_iters=8", "default_hooks.checkpoint.interval=4", "custom_hooks.0.momentum=0.2"])
+                  "train_cfg.max_iters=8", "default_hooks.checkpoint.interval=4", "default_hooks.ema.momentum=0.2"])
     assert rc == 0
     final = json.loads((wd / "final_metrics.json").read_text())
     assert final["task"] == "pretrain" and final["status"] == "ok" and final["steps"] == 8
@@ -239,12 +241,12 @@ def test_release_recipe_builds_and_steps_on_cpu(tmp_path):
                   "train_dataloader.dataset.source=fashion_mnist", "train_dataloader.dataset.root=None",
                   "train_dataloader.dataset.transform.img_size=28", "train_dataloader.batch_size=4",
                   "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
-                  "train_dataloader.pin_memory=False", "train_cfg.max_iters=8", "custom_hooks.2.enabled=False",
-                  "default_hooks.logger.interval=4", "custom_hooks.1.interval=4"])
+                  "train_dataloader.pin_memory=False", "train_cfg.max_iters=8", "default_hooks.knn.enabled=False",
+                  "default_hooks.logger.interval=4", "default_hooks.health.interval=4"])
     assert rc == 0
     final = json.loads((wd / "final_metrics.json").read_text())
     assert final["status"] == "ok" and final["effective_batch"] == 16  # 4 x 1 process x 4 accumulation steps
     assert final["lr"] == pytest.approx(3e-4 * 16 / 256)
     cfg = Config.fromfile(str(wd / "config.py"))
     assert cfg.optim_wrapper.accumulative_counts == 4 and cfg.optim_wrapper.type == "OptimWrapper"
-    assert any(h["type"] == "EMAHook" and h["momentum"] == 1e-4 for h in cfg.custom_hooks)
+    assert cfg.default_hooks.ema.type == "EMAHook" and cfg.default_hooks.ema.momentum == 1e-4

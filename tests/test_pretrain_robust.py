@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import mean_patch_features, needs_fashion, numpy_knn_top1
+from conftest import mean_patch_features, needs_fashion, numpy_knn_top1, require
 
-pytest.importorskip("mmengine")
+require("mmengine", "mmengine")
 
 from mmengine.registry import DATASETS  # noqa: E402
 
@@ -22,8 +22,8 @@ from nepa_eval.data.sources import ImageDataset  # noqa: E402
 TINY_CFG = "cls_configs/pretrain/nepa_tiny_fmnist.py"
 TINY_OPTS = ["model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2",
              "model.backbone.mlp_hidden=64", "train_dataloader.batch_size=8", "train_dataloader.num_workers=0",
-             "train_dataloader.persistent_workers=False", "custom_hooks.2.enabled=False",
-             "default_hooks.logger.interval=1", "custom_hooks.1.interval=1"]
+             "train_dataloader.persistent_workers=False", "default_hooks.knn.enabled=False",
+             "default_hooks.logger.interval=1", "default_hooks.health.interval=1"]
 
 
 class NanAfterDataset(ImageDataset):
@@ -174,7 +174,7 @@ def test_folder_and_hf_sources_pretrain(tmp_path, source):
         root = _folder(tmp_path / "data", bad=False)
         extra = []
     else:
-        hfds = pytest.importorskip("datasets")
+        hfds = require("datasets", "Hugging Face datasets")
         rng = np.random.default_rng(0)
         imgs = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(8)]
         root = tmp_path / "hf"
@@ -204,7 +204,7 @@ def test_mosaic_source_is_the_seg_sets_image_distribution_without_labels(tmp_pat
 
     wd = tmp_path / "run"  # the domain-pretraining recipe runs and reports a k-NN on single 28 px items
     rc = run_cli(["pretrain", "--config", "cls_configs/pretrain/nepa_tiny_fmosaic.py", "--work-dir", str(wd),
-                  "--cfg-options", *[o for o in TINY_OPTS if not o.startswith("custom_hooks.2")], "train_cfg.max_iters=2",
+                  "--cfg-options", *[o for o in TINY_OPTS if not o.startswith("default_hooks.knn")], "train_cfg.max_iters=2",
                   "train_dataloader.batch_size=4", "knn_train.limit=40", "knn_test.limit=20"])
     assert rc == 0
     f = final(wd)

@@ -21,14 +21,14 @@ def test_paper_scale_writes_loadable_configs_and_torchrun_commands(tmp_path):
     assert cfg.model.stop_grad is False and cfg.model.shift is True
     # the paper's "50k-step" core table: 50,000 updates of 4 accumulated micro-batches (the release's batch 4096)
     assert cfg.train_cfg.max_iters == 200000 and cfg.optim_wrapper.accumulative_counts == 4
-    from nepa_eval.tasks.pretrain import apply_recipe
+    from nepa_eval.hooks import config_recipe
 
-    info = apply_recipe(cfg, world_size=8)
+    info = config_recipe(cfg, world_size=8)
     assert (info["updates"], info["micro_iterations"], info["effective_batch"]) == (50000, 200000, 4096)
     masking = tmp_path / "m"
     assert cli_main(["ablate", "masking", "--scale", "paper", "--work-dir", str(masking)]) == 0
     m_cfg = Config.fromfile(str(next((masking / "paper" / "masking" / "configs").glob("*_pretrain.py"))))
-    assert apply_recipe(m_cfg, world_size=8)["updates"] == 100000  # the masking and architecture tables: 100k
+    assert config_recipe(m_cfg, world_size=8)["updates"] == 100000  # the masking and architecture tables: 100k
     assert cfg.model.backbone.embed_dim == 768  # the rest comes from cls_configs/pretrain/nepa_b_release.py
     lines = [l for l in (root / "commands.sh").read_text().splitlines() if l.startswith("$TORCHRUN")]
     assert len(lines) == 9  # 4 rows x (pretrain, fine-tune) + the random-init fine-tune (no raw pixels on ImageNet)
@@ -113,7 +113,7 @@ def test_tiny_scale_runs_rows_then_reports(tmp_path, monkeypatch):
         ("pretrain", "no_causal"), ("cls", "no_causal"), ("pretrain", "no_stop_grad"), ("cls", "random_init"),
         ("pixels", "raw_pixels")]
     assert calls[6][calls[6].index("--config") + 1] == "cls_configs/pretrain/nepa_tiny_fmnist.py"
-    assert "model.stop_grad=False" in calls[6] and "custom_hooks.2.enabled=False" in calls[6]
+    assert "model.stop_grad=False" in calls[6] and "default_hooks.knn.enabled=False" in calls[6]
     assert calls[1][calls[1].index("--ckpt") + 1] == "wd/tiny/core/full/pretrain/backbone.safetensors"
     assert calls[7][calls[7].index("--ckpt") + 1] == "none"
     assert calls[8][calls[8].index("--config") + 1] == "cls_configs/finetune/nepa-t_fmnist.py"

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-mmseg = pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is not installed")
+from conftest import ROOT, require, tiny_kwargs
+
+mmseg = require("mmseg.models", "mmsegmentation with compiled mmcv ops")
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
@@ -17,7 +19,6 @@ from mmseg.registry import MODELS  # noqa: E402
 
 from backbones.nepa import CheckpointError, NepaViT, save_checkpoint  # noqa: E402
 from backbones.nepa.mmseg_backbone import NepaBackbone, align_to_image, default_out_indices  # noqa: E402
-from conftest import ROOT, tiny_kwargs  # noqa: E402
 from nepa_eval.data import DataError  # noqa: E402
 from nepa_eval.data.fashion import make_mosaic  # noqa: E402
 from nepa_eval.data.seg import check_seg_root  # noqa: E402
@@ -322,10 +323,9 @@ def test_layer_decay_groups_of_the_segmentor(tiny_segmentor):
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory):
-    from conftest import FASHION
+    from conftest import require_fashion
 
-    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
+    require_fashion()
     return make_mosaic(tmp_path_factory.mktemp("mosaic"), n_train=12, n_val=4, seed=1)
 
 
@@ -387,7 +387,7 @@ def test_real_voc_photos_run_through_inference(tmp_path):
     """Smoke: labelme's three Pascal VOC photos (GPL archive, used as inputs only, never committed) through the
     B config's test path (ADE test pipeline, slide 512/341, and whole) with a small random 21-class segmentor."""
     if not (VOC / "JPEGImages").is_dir():
-        pytest.skip(f"VOC photos not found at {VOC}: pip download --no-deps --no-binary :all: labelme==6.3.1, untar, "
+        pytest.fail(f"labelme's VOC photos are missing: not at {VOC} (scripts/setup.sh fetches them): pip download --no-deps --no-binary :all: labelme==6.3.1, untar, "
                     "and point NEPA_LABELME_VOC at examples/semantic_segmentation/data_dataset_voc")
     import shutil
 

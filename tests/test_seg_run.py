@@ -12,13 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("mmseg.models", reason="mmsegmentation (with mmcv ops) is not installed")
+from conftest import ROOT, require
+
+require("mmseg.models", "mmsegmentation with compiled mmcv ops")
 
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.registry import HOOKS  # noqa: E402
 
 from backbones.nepa import NepaViT  # noqa: E402
-from conftest import ROOT  # noqa: E402
 from nepa_eval.cli import main as cli  # noqa: E402
 from nepa_eval.engine import read_final, read_scalars  # noqa: E402
 

@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from conftest import FASHION
+from conftest import needs_fashion
 from nepa_eval.cli import main as cli
 
 OPTS = ["train_cfg.max_iters=20", "train_dataloader.batch_size=32", "train_dataloader.num_workers=0",
-        "train_dataloader.persistent_workers=False", "custom_hooks.2.enabled=False", "default_hooks.logger.interval=5",
-        "custom_hooks.1.interval=5", "default_hooks.checkpoint.interval=100"]
+        "train_dataloader.persistent_workers=False", "default_hooks.knn.enabled=False", "default_hooks.logger.interval=5",
+        "default_hooks.health.interval=5", "default_hooks.checkpoint.interval=100"]
 
 
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
+@needs_fashion
 @pytest.mark.parametrize("row, switch, trivial", [("full", None, False), ("no_shift", "model.shift=False", True),
                                                   ("no_causal", "model.causal=False", False)])
 def test_trivial_detector_fires_on_the_no_shift_copy_only(tmp_path, row, switch, trivial):

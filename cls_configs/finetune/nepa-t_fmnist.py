@@ -18,6 +18,7 @@
 _base_ = ['./_base_/nepa-b_recipe.py', './_base_/datasets/fashion_mnist.py', './_base_/default_runtime.py']
 run_scale = 'tiny'  # the report puts these runs into the tables' tiny rows, never into NEPA-B / NEPA-L
 model = dict(
+    num_classes=10,  # Fashion-MNIST's
     backbone=dict(_delete_=True, embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7, img_size=28,
                   causal=False, drop_path_rate=0.0,
                   rope_rescale=None),  # as its pretraining config: a backbone pretrained without RoPE coordinate

@@ -1,7 +1,8 @@
 # Linear probe on the CPU proxy (Fashion-MNIST 28 px).
 _base_ = ['./_base_/linear_recipe.py', '../finetune/_base_/datasets/fashion_mnist.py', './_base_/default_runtime.py']
 run_scale = 'tiny'  # the report's tiny rows (never NEPA-B / NEPA-L)
-model = dict(backbone=dict(_delete_=True, embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7,
+model = dict(num_classes=10,  # Fashion-MNIST's
+             backbone=dict(_delete_=True, embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, patch_size=7,
                            img_size=28))
 optim_wrapper = dict(optimizer=dict(lr=0.1))
 train_cfg = dict(by_epoch=True, max_epochs=6, val_interval=2)

@@ -9,13 +9,10 @@ model = dict(backbone=dict(embed_dim=128, depth=4, num_heads=4, mlp_hidden=256, 
                            rope_rescale=None))
 train_dataloader = dict(batch_size=128, num_workers=1)
 train_cfg = dict(max_iters=600)
-base_lr = 1.5e-3  # x 128/256; a tiny model takes a larger rate than ViT-B
-optim_wrapper = dict(type='OptimWrapper')
-default_hooks = dict(checkpoint=dict(interval=200, max_keep_ckpts=2), logger=dict(interval=20))
-custom_hooks = [
-    dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=0.01, update_buffers=True,  # decay 0.99:
-         priority=49),  # a short run needs a short average
-    dict(type='NepaHealthHook', interval=20),
-    dict(type='KnnMonitorHook', interval=0, layers=[None, 1]),  # final features and block 1's (iGPT-style)
-]
+# x 128/256 (LrRecipeHook): a tiny model takes a larger rate than ViT-B
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=1.5e-3))
+default_hooks = dict(checkpoint=dict(interval=200, max_keep_ckpts=2), logger=dict(interval=20),
+                     ema=dict(momentum=0.01),  # decay 0.99: a short run needs a short average
+                     health=dict(interval=20),
+                     knn=dict(layers=[None, 1]))  # final features and block 1's (iGPT-style)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -379,7 +379,9 @@ def build_cfg(args: Any, reads: Optional[CheckpointReads] = None) -> Any:
         set_data(cfg, args.data)
     num_classes = _check_data(cfg, need_train=not eval_only)
     want = cfg.model.get("num_classes")
-    if want is not None and want != num_classes:
+    # the config's count is that of its own data: --data brings its own, unless --cfg-options states one
+    stated = "model.num_classes" in (args.cfg_options or {}) or not getattr(args, "data", None)
+    if want is not None and want != num_classes and stated:
         raise ValueError(f"class count mismatch: the config says model.num_classes={want}, the data has "
                          f"{num_classes} classes")
     if ckpt is not None:

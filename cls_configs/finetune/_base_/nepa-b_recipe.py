@@ -1,7 +1,7 @@
 # The release's ImageNet fine-tuning recipe for NEPA-B, with the paper's layer-decay ramp 0.35 -> 1.00.
 model = dict(
     type='NepaClassifier',
-    num_classes=None,  # None: taken from the data; a number must match it
+    num_classes=1000,  # ImageNet-1k's; `nepa-eval cls --data DIR` takes the class count of DIR
     ckpt=None,         # set by `nepa-eval cls --ckpt PATH`
     backbone=dict(model_name='nepa_base_patch14_224', img_size=224, causal=False, drop_path_rate=0.1, rope_rescale=2.0),
     freeze_patch_embed=True,

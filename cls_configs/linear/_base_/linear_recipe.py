@@ -2,7 +2,7 @@
 # (no BatchNorm, no fc_norm); SGD, no weight decay, warmup + cosine. No EMA.
 model = dict(
     type='NepaClassifier',
-    num_classes=None,
+    num_classes=1000,  # ImageNet-1k's; `nepa-eval cls --data DIR` takes the class count of DIR
     ckpt=None,
     backbone=dict(model_name='nepa_base_patch14_224', img_size=224),  # attention mode: the checkpoint's
     linear_probe=True,
