@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo bench seg-transfer clean
+.PHONY: setup test test-slow demo bench seg-transfer transfer clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,11 @@ bench: setup
 # pretrained vs random-init tiny backbone on the mosaic segmentation set, 3 seeds (~8 min on 2 cores)
 seg-transfer: setup
 	$(PY) scripts/seg_transfer.py
+
+# fine-tuned top-1 against pretraining length, two label budgets, 3 seeds, depth profile (README: 'Does NEPA
+# pretraining pay?'; about an hour on 2 idle cores)
+transfer: setup
+	$(VENV)/bin/nepa-eval transfer --jobs 2
 
 clean:
 	rm -rf work_dirs .pytest_cache

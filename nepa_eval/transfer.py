@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-MANIFEST = "manifest.json"
+from nepa_eval.transfer_report import MANIFEST, write_report
 
 
 @dataclass(frozen=True)
@@ -150,19 +150,26 @@ def plan(scale: str, steps: list[int], budgets: list[Budget], seeds: int, root: 
     longest = max(steps)
     if depth and longest > 0:  # the representation block by block: longest pretraining (seed 0) vs random init
         ckpt = backbone_file(root / "pretrain" / f"steps{longest}" / "seed0")
-        from mmengine.config import Config
-
-        depth_n = int(Config.fromfile(s["pretrain"]).model.backbone.depth)
-        blocks = [a for i in range(depth_n) for a in ("--block", str(i))]
-        knn_args = ["--train-limit", str(s["knn"]["train_limit"]), *blocks]
-        for role in ("pretrained", "random"):
-            d = root / "depth" / role
-            argv = ["knn", "--ckpt", ckpt, "--work-dir", str(d), *knn_args] + (["--random-init"] if role == "random"
-                                                                                 else [])
-            entry = Entry("knn", str(d), argv, steps=longest if role == "pretrained" else 0, seed=0,
-                          started_from=ckpt if role == "pretrained" else "none", role=role)
-            chains[steps.index(longest)].append(entry)  # seed 0's chain: after the pretraining it reads
+        # seed 0's chain: after the pretraining it reads
+        chains[steps.index(longest)] += depth_entries(ckpt, root / "depth", s["pretrain"], s["knn"]["train_limit"],
+                                                      longest)
     return chains
+
+
+def depth_entries(ckpt: str, root: Path, pretrain_config: str, train_limit: int,
+                  steps: Optional[int] = None) -> list[Entry]:
+    """Two `nepa-eval knn` runs scoring every block's output: the checkpoint, and its architecture at random init."""
+    from mmengine.config import Config
+
+    depth_n = int(Config.fromfile(pretrain_config).model.backbone.depth)
+    knn_args = ["--train-limit", str(train_limit), *[a for i in range(depth_n) for a in ("--block", str(i))]]
+    out = []
+    for role in ("pretrained", "random"):
+        d = root / role
+        argv = ["knn", "--ckpt", ckpt, "--work-dir", str(d), *knn_args] + (["--random-init"] if role == "random" else [])
+        out.append(Entry("knn", str(d), argv, steps=(steps if role == "pretrained" else 0), seed=0,
+                         started_from=ckpt if role == "pretrained" else "none", role=role))
+    return out
 
 
 def write_manifest(root: Path, chains: list[list[Entry]], meta: dict[str, Any]) -> Path:
@@ -185,8 +192,6 @@ def run(args: argparse.Namespace) -> int:
     seeds = args.seeds or s["seeds"]
     root = Path(args.work_dir) / args.scale
     if getattr(args, "report_only", False):
-        from nepa_eval.transfer_report import write_report
-
         res = write_report(root, Path(args.out))
         print(res.markdown + f"\nCSV: {res.csv}\nplot: {res.plot}\nsummary: {res.summary}")
         return 0
@@ -206,8 +211,6 @@ def run(args: argparse.Namespace) -> int:
                              for k, e in enumerate(chain)])
         i += len(chain)
     run_chains(stage_chains, args.jobs, args.force, args.quiet)
-    from nepa_eval.transfer_report import write_report
-
     res = write_report(root, Path(args.out))
     print(f"[nepa] transfer study ({args.scale}): {time.time() - t0:.0f}s")
     print(res.markdown)

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nepa_eval.transfer import MANIFEST
-
+MANIFEST = "manifest.json"  # written by nepa_eval.transfer beside the runs
 FINAL = "final_metrics.json"
 
 
@@ -113,20 +112,13 @@ def load_study(root: Path) -> Study:
         else:
             cell.missing.append(r["seed"])
     pixels: dict[int, dict[str, Optional[float]]] = {}
-    depth: dict[str, dict[int, float]] = {}
-    depth_final: dict[str, Optional[float]] = {}
-    depth_steps = None
     for r in runs:
-        f = _final(r["run_dir"])
-        if r["stage"] == "pixels" and f.get("status") == "ok":
+        f = _final(r["run_dir"]) if r["stage"] == "pixels" else {}
+        if f.get("status") == "ok":
             pixels[r["labels"]] = dict(linear_top1=f.get("linear_top1"), knn_top1=f.get("knn_top1"))
-        elif r["stage"] == "knn" and f.get("status") == "ok":
-            blocks = {int(k.rsplit("block", 1)[1]): float(v) for k, v in f.items()
-                      if k.startswith("knn_top1_block")}
-            depth[r["role"]] = dict(sorted(blocks.items()))
-            depth_final[r["role"]] = f.get("knn_top1")
-            if r["role"] == "pretrained":
-                depth_steps = r.get("steps")
+    knn = [r for r in runs if r["stage"] == "knn"]
+    depth, depth_final = read_depth({r["role"]: r["run_dir"] for r in knn})
+    depth_steps = next((r.get("steps") for r in knn if r["role"] == "pretrained"), None)
     return Study(steps, budgets, cells, pixels, depth, depth_final, depth_steps)
 
 
@@ -175,17 +167,70 @@ def markdown(st: Study) -> str:
             lines.append(f"| {label} | " + " | ".join("" if v is None else f"{v:.2f}" for v in vals) + " |")
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {v}" for v in verdicts(st)) + "\n"
     if st.depth:
-        blocks = sorted(set().union(*(d.keys() for d in st.depth.values())))
-        roles = [r for r in ("pretrained", "random") if r in st.depth]
-        names = {"pretrained": f"pretrained ({st.depth_steps:,} steps)" if st.depth_steps else "pretrained",
-                 "random": "random init"}
-        text += ("\nDepth profile: k-NN top-1 of each block's output (mean of its patch tokens), and of the final "
-                 "features\n\n| block | " + " | ".join(names[r] for r in roles) + " |\n|" + "---|" * (len(roles) + 1)
-                 + "\n")
-        for b in blocks:
-            text += f"| {b} | " + " | ".join(_f(st.depth[r].get(b)) for r in roles) + " |\n"
-        text += "| final (normed) | " + " | ".join(_f(st.depth_final.get(r)) for r in roles) + " |\n"
+        text += "\n" + depth_markdown(st.depth, st.depth_final, st.depth_steps)
     return text
+
+
+def depth_markdown(depth: dict[str, dict[int, float]], final: dict[str, Optional[float]],
+                   steps: Optional[int] = None) -> str:
+    """The depth profile as a table: one line per block, a column per backbone (pretrained, random init)."""
+    blocks = sorted(set().union(*(d.keys() for d in depth.values())))
+    roles = [r for r in ("pretrained", "random") if r in depth]
+    names = {"pretrained": f"pretrained ({steps:,} steps)" if steps else "pretrained", "random": "random init"}
+    text = ("Depth profile: k-NN top-1 of each block's output (mean of its patch tokens), and of the final features\n\n"
+            "| block | " + " | ".join(names[r] for r in roles) + " |\n|" + "---|" * (len(roles) + 1) + "\n")
+    for b in blocks:
+        text += f"| {b} | " + " | ".join(_f(depth[r].get(b)) for r in roles) + " |\n"
+    return text + "| final (normed) | " + " | ".join(_f(final.get(r)) for r in roles) + " |\n"
+
+
+def read_depth(run_dirs: dict[str, str]) -> tuple[dict[str, dict[int, float]], dict[str, Optional[float]]]:
+    """Per role ('pretrained', 'random'): block -> k-NN top-1 and the final features' k-NN, from `knn` runs."""
+    depth, final = {}, {}
+    for role, d in run_dirs.items():
+        f = _final(d)
+        if f.get("status") == "ok":
+            depth[role] = dict(sorted((int(k.rsplit("block", 1)[1]), float(v)) for k, v in f.items()
+                                      if k.startswith("knn_top1_block")))
+            final[role] = f.get("knn_top1")
+    return depth, final
+
+
+def plot_depth(ax: Any, depth: dict[str, dict[int, float]]) -> dict[str, list]:
+    """k-NN top-1 against block, pretrained and random init, on `ax`; returns the points drawn."""
+    drawn = {}
+    for role, style in (("pretrained", "o-"), ("random", "s--")):
+        if role in depth:
+            xs = list(depth[role])
+            ax.plot(xs, [depth[role][b] for b in xs], style, label="pretrained" if role == "pretrained" else "random init")
+            drawn[role] = [(b, depth[role][b]) for b in xs]
+    ax.set_xlabel("block")
+    ax.set_ylabel("k-NN top-1 (%)")
+    ax.set_title("Depth profile (frozen features)")
+    ax.set_xticks(sorted(set().union(*(d.keys() for d in depth.values()))))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return drawn
+
+
+def write_depth(run_dirs: dict[str, str], out: Path, steps: Optional[int] = None) -> tuple[str, Optional[Path]]:
+    """The depth profile of two `knn` runs as a Markdown table and out/depth_profile.png (None without runs)."""
+    depth, final = read_depth(run_dirs)
+    if not depth:
+        return "", None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    plot_depth(ax, depth)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "depth_profile.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return depth_markdown(depth, final, steps), png
 
 
 def _f(v: Optional[float]) -> str:
@@ -245,17 +290,7 @@ def plot(st: Study, path: Path) -> dict[str, Any]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     if st.depth:
-        for role, style in (("pretrained", "o-"), ("random", "s--")):
-            if role in st.depth:
-                xs = list(st.depth[role])
-                ys = [st.depth[role][b] for b in xs]
-                ax2.plot(xs, ys, style, label="pretrained" if role == "pretrained" else "random init")
-                drawn["depth"][role] = list(zip(xs, ys))
-        ax2.set_xlabel("block")
-        ax2.set_ylabel("k-NN top-1 (%)")
-        ax2.set_title("Depth profile (frozen features)")
-        ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=8)
+        drawn["depth"] = plot_depth(ax2, st.depth)
     else:
         ax2.axis("off")
     fig.tight_layout()

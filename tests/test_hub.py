@@ -306,7 +306,10 @@ def test_seg_with_an_id_writes_the_snapshot_and_reads_once(release_repo, tmp_pat
     snapshot = cfg.model.backbone.init_cfg["checkpoint"]
     assert Path(snapshot).name == commits["pre"] and cfg.seg_run["ckpt"] == snapshot
     assert cfg.seg_run["ckpt_hub"] == f"{REPO}@init" and cfg.seg_run["ckpt_commit"] == commits["pre"]
-    bb = MODELS.build(cfg.model.backbone, default_args=dict(checkpoint_reads=reads))
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmseg"):  # as the run's Runner: an earlier test's may be current
+        bb = MODELS.build(cfg.model.backbone, default_args=dict(checkpoint_reads=reads))
     bb.init_weights()
     assert len(read_files) == 1  # the task's read is handed to the backbone
     assert len(reads) == 0 and bb.checkpoint_reads is None  # taken once, and not kept by the model

@@ -137,3 +137,46 @@ def test_command_line_dry_run_and_errors(tmp_path, capsys):
     assert "LABELS:EPOCHS" in capsys.readouterr().err
     assert cli_main(["transfer", "--report-only", "--work-dir", str(tmp_path / "nothing")]) == 2
     assert "run `nepa-eval transfer` first" in capsys.readouterr().err
+
+
+def test_depth_profile_from_two_knn_runs(tmp_path):
+    from nepa_eval.transfer_report import write_depth
+
+    _final(tmp_path / "p", status="ok", knn_top1=60.7, knn_top1_block0=60.0, knn_top1_block1=66.1, knn_top1_block2=63.0)
+    _final(tmp_path / "r", status="ok", knn_top1=59.0, knn_top1_block0=58.7, knn_top1_block1=58.0, knn_top1_block2=57.5)
+    md, png = write_depth({"pretrained": str(tmp_path / "p"), "random": str(tmp_path / "r")}, tmp_path / "out", 600)
+    assert "| 1 | 66.10 | 58.00 |" in md and "| final (normed) | 60.70 | 59.00 |" in md and "600 steps" in md
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert write_depth({"pretrained": str(tmp_path / "missing")}, tmp_path / "out2") == ("", None)
+
+
+def _cell(name, ours, status="ok", reason=""):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(row=SimpleNamespace(name=name), ours=ours, status=status, reason=reason)
+
+
+def _results(core, seg):
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(spec=SimpleNamespace(name="core"), cells=[_cell(*c) for c in core]),
+            SimpleNamespace(spec=SimpleNamespace(name="ade20k"), cells=[_cell(*c) for c in seg])]
+
+
+def test_demo_summary_claims_only_what_its_numbers_show():
+    from nepa_eval.demo import findings
+
+    depth = {"pretrained": {0: 62.9, 1: 66.1, 2: 66.3, 3: 63.6}, "random": {0: 58.7, 1: 58.0, 2: 57.9, 3: 57.6}}
+    core = [("full", 83.2), ("no_shift", None, "fail", "pretrain trivial"), ("no_causal", 82.8),
+            ("no_stop_grad", None, "fail", "pretrain collapsed"), ("random_init", 84.5)]
+    text = findings(_results(core, [("nepa_t", 23.9), ("nepa_t_random", 21.2)]), depth)
+    assert "no shift fails (pretrain trivial), as in the paper" in text
+    assert "does not beat random initialisation" in text and "nepa-eval transfer" in text
+    assert "pretraining is above" not in text
+    assert "pretrained 23.90 mIoU, above random init 21.20 (one seed" in text
+    assert "best k-NN is block 2 (66.30, random init 57.90), above its last block (63.60)" in text
+    # the other way round, the same page says the opposite, and a run that did not fail is not called a failure
+    core2 = [("full", 85.0), ("no_shift", 80.0), ("random_init", 84.5)]
+    text2 = findings(_results(core2, [("nepa_t", 20.0), ("nepa_t_random", 21.2)]), depth)
+    assert "pretraining is above random initialisation: full 85.00 against 84.50" in text2
+    assert "no shift does not fail here (80.00)" in text2 and "not above random init 21.20" in text2

@@ -50,8 +50,9 @@ def report_table(spec: TableSpec, runs: list[Run], out: Path) -> TableResult:
 
 
 def write_summary(results: list[TableResult], out: Path, run_dirs: list[str],
-                  extra: Optional[dict[str, list[Path]]] = None) -> Path:
-    """summary.md: per table the cells and the images (then any extra sections of images), for a Markdown viewer."""
+                  extra: Optional[dict[str, "list[Path] | str"]] = None) -> Path:
+    """summary.md: per table the cells and the images, then any extra sections (Markdown text, or images), for a
+    Markdown viewer."""
     lines = ["# nepa-eval report", "",
              f"Runs read from: {', '.join(str(d) for d in run_dirs)}. Cells: `fail` = the run collapsed, diverged, "
              "found the trivial copy solution or crashed (as the paper prints it); empty with status `missing` = no run matched the row. "
@@ -62,15 +63,19 @@ def write_summary(results: list[TableResult], out: Path, run_dirs: list[str],
         lines += [f"## {res.spec.title}", "", f"Paper: {res.spec.paper_metric}. CSV: [{res.csv.name}]({res.csv.name})",
                   "", markdown_table(res.cells, res.spec.columns), ""]
         lines += [f"![{p.stem}]({p.name})" for p in res.images] + [""]
-    for title, images in (extra or {}).items():
-        lines += [f"## {title}", ""] + [f"![{p.stem}]({os.path.relpath(p, out)})" for p in images] + [""]
+    for title, body in (extra or {}).items():
+        lines += [f"## {title}", ""]
+        if isinstance(body, str):
+            lines += [body, ""]
+        else:
+            lines += [f"![{p.stem}]({os.path.relpath(p, out)})" for p in body] + [""]
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     return path
 
 
 def run_report(run_dirs: list[str], tables: Optional[list[str]] = None, out: str | os.PathLike = "reports/out",
-               extra: Optional[dict[str, list[Path]]] = None) -> tuple[Path, list[TableResult]]:
+               extra: Optional[dict[str, "list[Path] | str"]] = None) -> tuple[Path, list[TableResult]]:
     """Read the run directories, write every requested table and the summary page; return the page's path."""
     out = Path(out)
     runs = discover_runs(run_dirs)
