@@ -4,7 +4,8 @@ every run needs (distributed launch, gloo on CPUs, AMP), the self-describing run
 A run directory holds:
     config.py            the resolved config (every `_base_` and --cfg-options applied)
     scalars.jsonl        one JSON object per logged step / evaluation: {"step": ..., "loss": ..., ...}
-    final_metrics.json   {"task", "status": running|ok|failed|collapsed|trivial|diverged, "reason", "steps", <metrics>}
+    final_metrics.json   {"task", "status": running|ok|failed|collapsed|trivial|diverged|preempted, "reason", "steps",
+                          <metrics>}
     iter_N.pth / epoch_N.pth + last_checkpoint   mmengine checkpoints (resume with --resume)
 The report module rebuilds every table from these files alone.
 """
@@ -26,6 +27,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from nepa_eval import preemption  # noqa: F401  (registers PreemptionHook, which every task's runtime declares)
+
 ROOT = Path(__file__).resolve().parents[1]
 FINAL = "final_metrics.json"
 SCALARS = "scalars.jsonl"
@@ -38,7 +41,11 @@ def add_runner_args(p: argparse.ArgumentParser, default_config: Optional[str] = 
     p.add_argument("--config", default=default_config,
                    help=f"config file (mmengine format, `_base_` inheritance){' [default: %(default)s]' if default_config else ''}")
     p.add_argument("--work-dir", help="run directory (default: work_dirs/<task>/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in --work-dir (an incomplete or corrupt last checkpoint is "
+                        "skipped for the one before it, with a warning). SIGTERM or SIGUSR1 (SLURM, Kubernetes) stop a "
+                        "run after its current step with a checkpoint, status 'preempted' and exit code 75: rerun "
+                        "with --resume")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                    help="distributed launcher (use 'pytorch' under torchrun)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},

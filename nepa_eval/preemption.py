@@ -1,0 +1,280 @@
+"""Runs that survive preemption: SIGTERM / SIGUSR1 finish the current step, write a complete checkpoint, record
+status `preempted` and exit with EXIT_PREEMPTED; `--resume` continues exactly, past an incomplete last checkpoint.
+
+SLURM and Kubernetes send SIGTERM some seconds before they kill a job (SLURM: `KillWait`, 30 s by default; with
+`#SBATCH --signal=USR1@120` SIGUSR1 two minutes before the time limit). `PreemptionHook` is declared in every
+task's runtime config (``default_hooks.preemption``), so `nepa-eval pretrain|cls|seg` and mmengine's / mmseg's own
+tools/train.py run it alike. What it does:
+
+- before the run: installs the signal handlers (they only set a flag; DataLoader workers forked later inherit
+  them and keep serving batches); on `--resume`, checks the checkpoint `last_checkpoint` names and, if it is
+  incomplete or corrupt, resumes from the newest complete one before it, saying so;
+- after every training step: the flag, agreed by all ranks (one all-reduce, so every rank stops at the same step
+  under torchrun), stops the run: the checkpoint of that step is written atomically (``iter_<step>.pth``, then
+  `last_checkpoint`), final_metrics.json gets status ``preempted``, the ranks meet, and the process exits with
+  EXIT_PREEMPTED (a SystemExit, so no traceback, and no end-of-training work such as the final k-NN);
+- checkpoints carry the process's RNG states (meta.rng) and are restored on resume; an epoch-based loop (cls)
+  stopped inside an epoch resumes inside it (the sampler skips the batches already trained on).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import zipfile
+from itertools import islice
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from mmengine.dist import all_reduce, barrier, is_distributed, is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.registry import HOOKS
+
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry" (with --resume)
+SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+class Preempted(SystemExit):
+    """The run stopped on a signal after writing its checkpoint; `code` is EXIT_PREEMPTED, `message` says where."""
+
+    def __init__(self, message: str, code: int = EXIT_PREEMPTED) -> None:
+        super().__init__(code)
+        self.message = message
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints: is one complete, which one to resume from, writing one atomically
+# ----------------------------------------------------------------------------------------------
+def checkpoint_problem(path: str | os.PathLike) -> Optional[str]:
+    """None when `path` is a complete checkpoint file, else what is wrong with it. A torch checkpoint is a zip
+    archive: a file cut short has no central directory, and a damaged one fails the CRC of a member."""
+    p = Path(path)
+    if not p.is_file():
+        return "missing"
+    try:
+        with zipfile.ZipFile(p) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                return "no data.pkl in the archive (not a torch checkpoint)"
+            bad = z.testzip()
+            if bad is not None:
+                return f"member {bad} fails its CRC check (damaged)"
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"incomplete or not a checkpoint ({type(e).__name__}: {e})"
+    return None
+
+
+def run_checkpoints(work_dir: str | os.PathLike) -> list[Path]:
+    """The run's checkpoint files (iter_*.pth, epoch_*.pth, best_*.pth), newest first (by modification time)."""
+    files = [p for pat in ("iter_*.pth", "epoch_*.pth", "best_*.pth") for p in Path(work_dir).glob(pat)]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def resume_target(work_dir: str | os.PathLike) -> tuple[Optional[Path], list[str]]:
+    """The checkpoint to resume from: the one `last_checkpoint` names when it is complete, else the newest complete
+    one before it. Returns (path or None, notes on the ones skipped)."""
+    last_file = Path(work_dir) / "last_checkpoint"
+    last = Path(last_file.read_text().strip()) if last_file.is_file() else None
+    notes: list[str] = []
+    if last is not None:
+        why = checkpoint_problem(last)
+        if why is None:
+            return last, notes
+        notes.append(f"{last}: {why}")
+    for p in run_checkpoints(work_dir):
+        if last is not None and p.resolve() == last.resolve():
+            continue
+        why = checkpoint_problem(p)
+        if why is None:
+            return p, notes
+        notes.append(f"{p}: {why}")
+    return None, notes
+
+
+def save_atomic(runner: Any, step: int) -> str:
+    """The runner's checkpoint of the step just finished (iteration count in its meta, so an epoch-based loop
+    resumes inside its epoch) as work_dir/iter_<step>.pth, written under a temporary name and renamed, then
+    `last_checkpoint` replaced; returns the path. Every rank calls it (the hooks' before_save_checkpoint run on
+    all); only the main process writes."""
+    name = f"iter_{step}.pth"
+    out = Path(runner.work_dir)
+    runner.save_checkpoint(str(out), name + ".tmp", meta=dict(epoch=runner.epoch, iter=step, preempted=True),
+                           by_epoch=False)
+    final = out / name
+    if is_main_process():
+        with open(out / (name + ".tmp"), "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(out / (name + ".tmp"), final)
+        last = out / "last_checkpoint"
+        with open(str(last) + ".tmp", "w") as f:
+            f.write(str(final))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(str(last) + ".tmp", last)
+    return str(final)
+
+
+# ----------------------------------------------------------------------------------------------
+# mid-epoch resume of an epoch-based loop
+# ----------------------------------------------------------------------------------------------
+class SkipFirst:
+    """A sampler that leaves out the first `skip` indices of its wrapped sampler (the batches of the epoch already
+    trained on before the checkpoint), so a resumed epoch goes on where it stopped without decoding them."""
+
+    def __init__(self, sampler: Any, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# the hook
+# ----------------------------------------------------------------------------------------------
+@HOOKS.register_module()
+class PreemptionHook(Hook):
+    """Stop cleanly on SIGTERM / SIGUSR1 (see the module). `signals`: the signal names handled; `exit_code`: the
+    process's exit status after a preemption (EXIT_PREEMPTED = 75). Lowest priority, so the step's own hooks (the
+    logger, the run record, a scheduled checkpoint) have run before it stops the run."""
+
+    priority = "LOWEST"
+
+    def __init__(self, signals: Sequence[str] = SIGNALS, exit_code: int = EXIT_PREEMPTED) -> None:
+        self.signals, self.exit_code = tuple(signals), int(exit_code)
+        self.received: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+        self._rng: Optional[dict] = None
+        self._skip_batches = 0
+        self._wrapped: Optional[tuple[Any, Any]] = None
+
+    # signals -----------------------------------------------------------------------------------
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signal.Signals(signum).name
+
+    def install(self) -> None:
+        """Set the handlers (main thread only; elsewhere, e.g. a test's worker thread, nothing is installed)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.signals:
+            num = getattr(signal, name)
+            self._previous[num] = signal.signal(num, self._handle)
+
+    def uninstall(self) -> None:
+        for num, prev in self._previous.items():
+            signal.signal(num, prev if prev is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    # run ---------------------------------------------------------------------------------------
+    def before_run(self, runner) -> None:
+        self.received = None
+        self.install()
+        if getattr(runner, "_resume", False) and getattr(runner, "_load_from", None) is None:
+            self._pick_resume(runner)
+
+    def _pick_resume(self, runner) -> None:
+        """On auto-resume (mmengine reads `last_checkpoint`): resume from a complete checkpoint, skipping a
+        last one that is incomplete or corrupt, and say so."""
+        target, notes = resume_target(runner.work_dir)
+        if not notes:
+            return
+        if target is None:
+            raise RuntimeError(f"--resume: no complete checkpoint in {runner.work_dir} ({'; '.join(notes)}); "
+                               "delete the damaged files and run without --resume to start again")
+        print_log(f"[nepa] --resume: skipping damaged checkpoint(s): {'; '.join(notes)}; resuming from the one "
+                  f"before: {target}", logger="current", level=30)
+        runner._load_from = str(target)
+        from nepa_eval.engine import update_final
+
+        update_final(runner.work_dir, resumed_from=str(target), skipped_checkpoints=notes)
+
+    def after_run(self, runner) -> None:
+        self.uninstall()
+
+    # checkpoints: RNG states and the place inside an epoch --------------------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        from nepa_eval.tasks.pretrain import _rng_state
+
+        checkpoint.setdefault("meta", {}).setdefault("rng", _rng_state())
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not getattr(runner, "_resume", False):  # weights loaded to start from (load_from), not a resume
+            return
+        meta = checkpoint.get("meta", {})
+        self._rng = meta.get("rng")
+        from mmengine.runner import EpochBasedTrainLoop
+
+        loop = runner.train_loop
+        if isinstance(loop, EpochBasedTrainLoop):  # the batches of the current epoch already trained on (an
+            # iteration-based loop skips its own by reading them again)
+            per_epoch = len(loop.dataloader)
+            self._skip_batches = max(0, int(meta.get("iter", 0)) - int(meta.get("epoch", 0)) * per_epoch)
+            if self._skip_batches >= per_epoch:
+                self._skip_batches = per_epoch
+        if meta.get("preempted"):
+            print_log(f"[nepa] resuming a preempted run at step {meta.get('iter')}", logger="current")
+
+    def before_train_epoch(self, runner) -> None:
+        if not self._skip_batches:
+            return
+        bs = getattr(runner.train_loop.dataloader, "batch_sampler", None)
+        if bs is None or not hasattr(bs, "sampler") or not hasattr(bs, "batch_size"):
+            raise RuntimeError("resuming inside an epoch needs a DataLoader with a batch_size (a BatchSampler)")
+        self._wrapped = (bs, bs.sampler)
+        bs.sampler = SkipFirst(bs.sampler, self._skip_batches * bs.batch_size)
+        print_log(f"[nepa] resuming inside epoch {runner.epoch + 1}: its first {self._skip_batches} batches were "
+                  "trained on before the checkpoint", logger="current")
+        self._skip_batches = 0
+
+    def after_train_epoch(self, runner) -> None:
+        if self._wrapped is not None:
+            bs, sampler = self._wrapped
+            bs.sampler, self._wrapped = sampler, None
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self._rng is not None:  # the first step after a resume continues the saved random streams
+            from nepa_eval.tasks.pretrain import _set_rng_state
+
+            _set_rng_state(self._rng)
+            self._rng = None
+
+    # stopping ----------------------------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """The flag, agreed across ranks (any rank's signal stops them all at the same step)."""
+        if not is_distributed():
+            return self.received is not None
+        flag = torch.tensor([1.0 if self.received else 0.0])
+        all_reduce(flag, op="max")
+        if flag.item() > 0 and self.received is None:
+            self.received = "signal on another rank"
+        return bool(flag.item() > 0)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not self.stop_requested():
+            return
+        from nepa_eval.engine import update_final
+
+        step = runner.iter + 1
+        path = save_atomic(runner, step)
+        msg = (f"{self.received}: stopped after step {step} and wrote {path}; rerun the same command with --resume "
+               f"to continue (exit code {self.exit_code})")
+        update_final(runner.work_dir, status="preempted", reason=msg, steps=step, signal=self.received,
+                     checkpoint=path)
+        print_log(f"[nepa] preempted: {msg}", logger="current")
+        if is_distributed():
+            barrier()  # no rank leaves before the main process has written the checkpoint
+        self.uninstall()
+        from nepa_eval.data.bad_files import stop_collecting
+
+        stop_collecting()
+        print(f"[nepa] preempted: {msg}", file=sys.stderr, flush=True)
+        raise Preempted(msg, self.exit_code)
