@@ -30,6 +30,7 @@ from .engine import FINAL, SCALARS, read_final
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_DIR = ROOT / "reports"
 FAIL_STATUSES = ("failed", "collapsed", "diverged", "trivial")
+UNFINISHED = ("running", "preempted")  # a preempted run stopped on a signal with a checkpoint: --resume finishes it
 CSV_COLUMNS = ("row", "label", "paper", "ours", "std", "seeds", "metric", "scale", "status", "agrees", "run", "reason")
 SCALES = {"tiny": "tiny (Fashion-MNIST, CPU)", "paper": "paper (ImageNet-1k / ADE20K)"}
 PIXELS_TASK = "pixels"  # the task of the raw-pixel reference runs (nepa_eval/tasks/pixels.py)
@@ -457,7 +458,7 @@ def cell_line(c: Cell, label_width: int = 44) -> str:
 
 def _pick(runs: list[Run]) -> Run:
     """Of several runs of one row and stage: a finished one over a running one, then the newest."""
-    return max(runs, key=lambda r: (r.status != "running", r.mtime))
+    return max(runs, key=lambda r: (r.status not in UNFINISHED, r.mtime))
 
 
 def _seed_key(run: Run) -> tuple:
@@ -497,7 +498,7 @@ def _fill(spec: TableSpec, cell: Cell, at: list[Run], metric: str) -> None:
     cell.scale = cell.run.scale
     failure = {id(r): next((x for x in r.lineage() if x.failed), None) for r in chosen}  # the first failed run
     bad = [(r, failure[id(r)]) for r in chosen if failure[id(r)] is not None]
-    good = [r for r in chosen if r.status != "running" and failure[id(r)] is None]
+    good = [r for r in chosen if r.status not in UNFINISHED and failure[id(r)] is None]
     if len(bad) * 2 > len(chosen):  # most seeds failed: the row failed, as the paper prints it
         run, why = bad[0]
         cell.run, cell.status = run, "fail"
