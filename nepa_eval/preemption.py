@@ -264,7 +264,11 @@ class PreemptionHook(Hook):
         from nepa_eval.engine import update_final
 
         step = runner.iter + 1
-        path = save_atomic(runner, step)
+        done = runner.message_hub.get_info("last_ckpt")  # the checkpoint hook's, the same on every rank
+        if done and Path(done).name == f"iter_{step}.pth":  # it wrote this very step's checkpoint: not twice
+            path = str(done)
+        else:
+            path = save_atomic(runner, step)
         msg = (f"{self.received}: stopped after step {step} and wrote {path}; rerun the same command with --resume "
                f"to continue (exit code {self.exit_code})")
         update_final(runner.work_dir, status="preempted", reason=msg, steps=step, signal=self.received,

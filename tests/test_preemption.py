@@ -105,20 +105,23 @@ def pretrain(wd: Path, root: Path, signal_at: int = 0, signum: str = "SIGTERM", 
                     *(["--resume"] if resume else [])])
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1"])
-def test_pretrain_signal_then_resume_matches_uninterrupted(tmp_path, images, signum, capsys):
+# read 18 is in the 5th batch of 4: step 5 finishes, is checkpointed (iter_5.pth, between the scheduled iter_3 and
+# iter_6) and the run stops; read 10 is in the 3rd batch: step 3 has its scheduled checkpoint, which is not rewritten
+@pytest.mark.parametrize("signum,signal_at,step", [("SIGTERM", 18, 5), ("SIGUSR1", 10, 3)])
+def test_pretrain_signal_then_resume_matches_uninterrupted(tmp_path, images, signum, signal_at, step, capsys):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     assert pretrain(ref, images) == 0
-    # read 18 is in the 5th batch of 4: step 5 finishes, is checkpointed (iter_5.pth, between the scheduled
-    # iter_3 and iter_6) and the run stops
-    assert pretrain(cut, images, signal_at=18, signum=signum) == EXIT_PREEMPTED
+    assert pretrain(cut, images, signal_at=signal_at, signum=signum) == EXIT_PREEMPTED
     f = final(cut)
-    assert f["status"] == "preempted" and f["steps"] == 5 and f["signal"] == signum
-    assert "--resume" in f["reason"] and f["checkpoint"] == str(cut / "iter_5.pth")
-    assert (cut / "last_checkpoint").read_text() == str(cut / "iter_5.pth")
-    assert checkpoint_problem(cut / "iter_5.pth") is None and not list(cut.glob("*.tmp"))
+    ckpt = cut / f"iter_{step}.pth"
+    assert f["status"] == "preempted" and f["steps"] == step and f["signal"] == signum
+    assert "--resume" in f["reason"] and f["checkpoint"] == str(ckpt)
+    assert (cut / "last_checkpoint").read_text() == str(ckpt)
+    assert checkpoint_problem(ckpt) is None and not list(cut.glob("*.tmp"))
+    meta = torch.load(ckpt, map_location="cpu", weights_only=False)["meta"]
+    assert meta["iter"] == step and meta.get("preempted", False) == (step == 5) and "rng" in meta
     assert not (cut / "backbone.safetensors").exists()  # no end-of-training work on a preempted run
-    assert sorted(losses(cut)) == [1, 2, 3, 4, 5]
+    assert sorted(losses(cut)) == list(range(1, step + 1))
     assert "preempted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers were given back
 
