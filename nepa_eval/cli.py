@@ -30,9 +30,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(
         prog="nepa-eval",
         description="Evaluation and transfer toolkit for NEPA (Next-Embedding Predictive Autoregression) backbones.",
-        epilog="Run 'nepa-eval <command> --help' for the options of one command. Exit codes: 0 done, 1 a seg run that did "
-               "not end ok, 2 an error in the arguments, data or checkpoint, 3 diverged "
-               "(pretrain), 75 preempted: SIGTERM or SIGUSR1 stopped a pretrain / cls / seg run after its current "
+        epilog="Run 'nepa-eval <command> --help' for the options of one command. Exit codes: 0 done, 1 a seg "
+               "run that did not end ok, 2 an error in the arguments, data or checkpoint, 3 diverged (pretrain), "
+               "75 preempted: SIGTERM or SIGUSR1 stopped a pretrain / cls / seg run after its current "
                "step and a checkpoint (rerun with --resume), 130 interrupted (Ctrl-C).")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     subs = {name: sub.add_parser(name, help=help_, description=help_) for name, help_ in COMMANDS.items()}

@@ -302,11 +302,13 @@ def check_hf() -> list[Row]:
 
     cache = Path(constants.HF_HUB_CACHE)
     offline = bool(constants.HF_HUB_OFFLINE)
-    nepa = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*") if "nepa" in p.name.lower())
+    nepa = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*")
+                  if "nepa" in p.name.lower())
     where = cache if cache.exists() else _existing_parent(cache)
     writable = _writable(where)
+    mode = "offline (HF_HUB_OFFLINE=1): ids load from the cache only" if offline else "online"
     result = (f"hub cache {cache} ({'writable' if writable else 'NOT writable'}), NEPA models cached: "
-              f"{', '.join(nepa) or 'none'}; {'offline (HF_HUB_OFFLINE=1): ids load from the cache only' if offline else 'online'}")
+              f"{', '.join(nepa) or 'none'}; {mode}")
     if not writable and not offline:
         return [Row("hugging face", WARN, result, "set HF_HOME (or HF_HUB_CACHE) to a writable folder")]
     return [Row("hugging face", OK, result)]

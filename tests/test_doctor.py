@@ -175,7 +175,8 @@ def test_cluster_table_arithmetic():
     rows = cluster_rows(m)
     eager, compiled, seg, ft = rows
     assert eager["value"] == pytest.approx(0.5) and eager["verdict"] == "met"  # 4e14 / 1 s / 8e14
-    assert compiled["value"] == pytest.approx(0.625) and "128.0 img/s" in eager["ours"] and "160.0 img/s" in compiled["ours"]
+    assert compiled["value"] == pytest.approx(0.625)
+    assert "128.0 img/s" in eager["ours"] and "160.0 img/s" in compiled["ours"]
     # per token: 0.5 / (1369 * 8) against 0.35 / (1024 * 8) = 1.0686 -> within 1.1x
     assert seg["value"] == pytest.approx((0.5 / 1369) / (0.35 / 1024)) and seg["verdict"] == "met"
     assert "1.07x time/token, 1.12x memory" == seg["shown"]

@@ -231,3 +231,45 @@ def test_pretrain_sigterm_from_outside_with_a_data_worker(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_curve(ref, cut, list(range(2, 25, 2)))
     assert final(cut)["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, images):
+    """Two gloo processes under torchrun; SIGTERM reaches one worker only: both stop after the same step (the flag
+    is all-reduced), rank 0 writes the checkpoint, both exit 75; --resume under torchrun gives the uninterrupted
+    curve."""
+    import shutil
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    opts = [*TINY, "custom_hooks.2.enabled=False", "default_hooks.logger.interval=1", "custom_hooks.1.interval=1",
+            "train_cfg.max_iters=30", "default_hooks.checkpoint.interval=100", "train_dataloader.batch_size=4",
+            "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+            "train_dataloader.dataset.transform.kind=resize", "model.backbone.rope_rescale=2.0",
+            "model.mask_ratio=0.25", "train_dataloader.dataset.source=folder",
+            f"train_dataloader.dataset.root={images}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = lambda wd, port: [torchrun, "--nproc_per_node", "2", "--master_port", str(port), "-m", "nepa_eval.cli",
+                            "pretrain", "--config", PRETRAIN, "--work-dir", str(wd), "--launcher", "pytorch",
+                            "--cfg-options", *opts]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    r = subprocess.run(cmd(ref, 29531), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    p = subprocess.Popen(cmd(cut, 29532), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if (cut / "scalars.jsonl").exists() and any(s >= 5 for s in losses(cut)):
+            break
+        time.sleep(0.05)
+    workers = [int(x) for x in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGTERM)
+    err = p.communicate(timeout=300)[1]
+    assert p.returncode != 0 and "exitcode  : 75" in err, err[-3000:]
+    f = final(cut)
+    assert f["status"] == "preempted" and 5 <= f["steps"] < 30
+    assert (cut / "last_checkpoint").read_text() == str(cut / f"iter_{f['steps']}.pth")
+    assert checkpoint_problem(cut / f"iter_{f['steps']}.pth") is None
+    r = subprocess.run([*cmd(cut, 29533), "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_curve(ref, cut, list(range(1, 31)))
