@@ -271,14 +271,13 @@ class PreemptionHook(Hook):
             path = save_atomic(runner, step)
         msg = (f"{self.received}: stopped after step {step} and wrote {path}; rerun the same command with --resume "
                f"to continue (exit code {self.exit_code})")
-        update_final(runner.work_dir, status="preempted", reason=msg, steps=step, signal=self.received,
-                     checkpoint=path)
+        update_final(runner.work_dir, status="preempted", reason=msg, signal=self.received, checkpoint=path)
         print_log(f"[nepa] preempted: {msg}", logger="current")
+        # the end of a run without the end of training (no final k-NN, no backbone export): the hooks' after_run
+        # (the logger closes the visualiser, the run record its scalars, the bad-file list, this hook's handlers)
+        runner.call_hook("after_run")
+        update_final(runner.work_dir, steps=step)
         if is_distributed():
             barrier()  # no rank leaves before the main process has written the checkpoint
-        self.uninstall()
-        from nepa_eval.data.bad_files import stop_collecting
-
-        stop_collecting()
         print(f"[nepa] preempted: {msg}", file=sys.stderr, flush=True)
         raise Preempted(msg, self.exit_code)
