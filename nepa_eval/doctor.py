@@ -1,13 +1,8 @@
-"""`nepa-eval doctor`: is this machine set up for nepa-eval runs? One table (check, result, fix); exit 1 if a check
-fails. Each check is a function returning rows, so a test can break one and see it fail.
-
-Checks: the package versions and whether they fit together; mmcv's compiled ops (present, built for this torch and
-CUDA, running on every device); the devices (name, capability, bf16, free memory); the SDPA backend NEPA's causal
-and bidirectional attention take at the Base shapes; a NEPA-T forward and backward on every device against the CPU
-float32 result, in float32 and bf16 autocast; a torch.compile smoke test; a 1-process distributed init with the
-backend runs use (gloo on CPUs, NCCL on GPUs); the Hugging Face cache and offline state; the work directory
-(writable, free disk). `--data` / `--data-root` add the data checks runs make (nepa_eval/data/); `--bench` the
-cluster benchmark table (nepa_eval/bench.py).
+"""`nepa-eval doctor`: is this machine set up for nepa-eval runs? One table (check, result, fix), exit 1 if a check
+fails. Each check is a function returning rows, so a test can break one and see it fail: package versions, mmcv's
+compiled ops, devices, the SDPA backend of NEPA-B's attention, NEPA-T numerics on every device against the CPU,
+torch.compile, a 1-process distributed init, the Hugging Face cache, the work directory; `--data` / `--data-root`
+the runs' own data checks (nepa_eval/data/); `--bench` the cluster table (nepa_eval/bench.py).
 """
 from __future__ import annotations
 
@@ -26,9 +21,9 @@ import torch
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 PACKAGES = ("torch", "torchvision", "timm", "mmengine", "mmcv", "mmseg")
 DIST = {"mmseg": "mmsegmentation"}  # import name -> distribution name
-# relative L2 error of features and gradients against CPU float32 (measured on a CPU: float32 1e-6, bf16 3e-3;
+# relative L2 error of features and gradients against CPU float32 (measured on a CPU: float32 0, bf16 9e-3;
 # float32 on a GPU may use TF32 convolutions)
-FP32_TOL, BF16_TOL = 5e-3, 2e-2
+FP32_TOL, BF16_TOL = 5e-3, 5e-2
 MIN_FREE_GIB, LOW_FREE_GIB = 1.0, 20.0  # below: fail / warn (NEPA-B checkpoints with AdamW state are ~1.3 GB each)
 SETUP = "run scripts/setup.sh (NEPA_TORCH_SPEC=... for another torch)"
 
@@ -141,15 +136,12 @@ def check_devices(devices: list[torch.device]) -> list[Row]:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor() or "cpu"
+    info = Path("/proc/cpuinfo")
+    names = [x.split(":", 1)[1].strip() for x in info.read_text().splitlines() if x.startswith("model name")] \
+        if info.is_file() else []
+    return names[0] if names else platform.processor() or "cpu"
 
 
 def sdpa_choices(dev: torch.device, depth: int = 1, img_size: int = 224, batch: int = 1) -> dict[str, str]:
@@ -178,8 +170,8 @@ def sdpa_choices(dev: torch.device, depth: int = 1, img_size: int = 224, batch: 
         seen.clear()
         F.scaled_dot_product_attention = spy
         try:
-            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                model.forward_features(x)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                model.forward_features(x)  # with gradients, as in training (a backend's eligibility may differ)
         finally:
             F.scaled_dot_product_attention = real
         out[mode] = ",".join(sorted(set(seen))) or "none"
@@ -221,15 +213,18 @@ def check_numerics(devices: list[torch.device], img_size: int = 112, batch: int 
     the CPU float32 result: relative L2 error of features and gradients within FP32_TOL / BF16_TOL."""
     from backbones.nepa import NepaViT
 
+    # NEPA-T without LayerScale (at its 1e-5 init the blocks barely touch the output, so a wrong attention or MLP
+    # would hide) and without the random RoPE rescale (the same computation on every device)
+    arch = dict(embed_dim=192, depth=12, num_heads=3, img_size=img_size, patch_size=14, layerscale_init=None,
+                rope_rescale=None)
     rows = []
     for causal in (True, False):
         torch.manual_seed(0)
-        ref_model = NepaViT(embed_dim=192, depth=12, num_heads=3, img_size=img_size, patch_size=14, causal=causal)
+        ref_model = NepaViT(**arch, causal=causal)
         x = torch.randn(batch, 3, img_size, img_size)
         ref = forward_backward(ref_model, x, None)
         for dev in devices:
-            model = NepaViT(embed_dim=192, depth=12, num_heads=3, img_size=img_size, patch_size=14,
-                            causal=causal).to(dev)
+            model = NepaViT(**arch, causal=causal).to(dev)
             model.load_state_dict(ref_model.state_dict())
             for dname, dt, tol in (("float32", None, FP32_TOL), ("bf16", torch.bfloat16, BF16_TOL)):
                 err = rel_error(forward_backward(model, x.to(dev), dt), ref)
