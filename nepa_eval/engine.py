@@ -27,8 +27,6 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from nepa_eval import preemption  # noqa: F401  (registers PreemptionHook, which every task's runtime declares)
-
 ROOT = Path(__file__).resolve().parents[1]
 FINAL = "final_metrics.json"
 SCALARS = "scalars.jsonl"
