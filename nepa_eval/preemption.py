@@ -136,6 +136,45 @@ class SkipFirst:
             self.sampler.set_epoch(epoch)
 
 
+class FirstFetchHook:
+    """An iterator that calls `fn` once, just before its item number `after` (0-based) is fetched: the resumed run's
+    RNG states are restored there, after mmengine's replay of the batches already trained on and after the
+    DataLoader iterator drew its seed, so the next batch is drawn (in this process, num_workers=0) from the saved
+    random stream, as in the run that was never stopped."""
+
+    def __init__(self, it: Any, after: int, fn: Any) -> None:
+        self.it, self.after, self.fn = it, after, fn
+
+    def __iter__(self) -> "FirstFetchHook":
+        return self
+
+    def __next__(self) -> Any:
+        if self.fn is not None and self.after <= 0:
+            self.fn, fn = None, self.fn
+            fn()
+        self.after -= 1
+        return next(self.it)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["it"], name)
+
+
+class LoaderFirstFetchHook:
+    """A DataLoader stand-in for one epoch: iterating it gives a FirstFetchHook over the real loader's iterator."""
+
+    def __init__(self, loader: Any, fn: Any) -> None:
+        self.loader, self.fn = loader, fn
+
+    def __iter__(self) -> FirstFetchHook:
+        return FirstFetchHook(iter(self.loader), 0, self.fn)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["loader"], name)
+
+
 # ----------------------------------------------------------------------------------------------
 # the hook
 # ----------------------------------------------------------------------------------------------
@@ -154,6 +193,7 @@ class PreemptionHook(Hook):
         self._rng: Optional[dict] = None
         self._skip_batches = 0
         self._wrapped: Optional[tuple[Any, Any]] = None
+        self._wrapped_loader: Any = None
 
     # signals -----------------------------------------------------------------------------------
     def _handle(self, signum: int, frame: Any) -> None:
@@ -223,7 +263,30 @@ class PreemptionHook(Hook):
         if meta.get("preempted"):
             print_log(f"[nepa] resuming a preempted run at step {meta.get('iter')}", logger="current")
 
+    def _restore_rng(self) -> None:
+        from nepa_eval.tasks.pretrain import _set_rng_state
+
+        if self._rng is not None:
+            _set_rng_state(self._rng)
+            self._rng = None
+
+    def before_train(self, runner) -> None:
+        if self._rng is None:
+            return
+        # this hook restores the RNG states, before the first batch is drawn; a checkpoint hook's own restore at the
+        # first step (NepaCheckpointHook) would rewind the stream that batch was drawn from
+        for h in runner.hooks:
+            if h is not self and getattr(h, "_resume_rng", None) is not None:
+                h._resume_rng = None
+        loop = runner.train_loop
+        if hasattr(loop, "dataloader_iterator"):  # iteration-based: after mmengine replays the first `iter` batches
+            loop.dataloader_iterator = FirstFetchHook(loop.dataloader_iterator, loop.iter, self._restore_rng)
+
     def before_train_epoch(self, runner) -> None:
+        loop = runner.train_loop
+        if self._rng is not None and not hasattr(loop, "dataloader_iterator"):  # epoch-based, the resumed epoch
+            self._wrapped_loader = loop.dataloader
+            loop.dataloader = LoaderFirstFetchHook(loop.dataloader, self._restore_rng)
         if not self._skip_batches:
             return
         bs = getattr(runner.train_loop.dataloader, "batch_sampler", None)
@@ -239,13 +302,8 @@ class PreemptionHook(Hook):
         if self._wrapped is not None:
             bs, sampler = self._wrapped
             bs.sampler, self._wrapped = sampler, None
-
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if self._rng is not None:  # the first step after a resume continues the saved random streams
-            from nepa_eval.tasks.pretrain import _set_rng_state
-
-            _set_rng_state(self._rng)
-            self._rng = None
+        if self._wrapped_loader is not None:
+            runner.train_loop.dataloader, self._wrapped_loader = self._wrapped_loader, None
 
     # stopping ----------------------------------------------------------------------------------
     def stop_requested(self) -> bool:

@@ -21,7 +21,8 @@ from conftest import ROOT, needs_fashion
 
 pytest.importorskip("mmengine")
 
-from mmengine.registry import DATASETS  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.registry import DATASETS, HOOKS  # noqa: E402
 
 from nepa_eval.data.sources import ImageDataset  # noqa: E402
 from nepa_eval.preemption import EXIT_PREEMPTED, checkpoint_problem, resume_target  # noqa: E402
@@ -88,12 +89,12 @@ def assert_same_curve(ref: Path, cut: Path, steps: list[int]) -> None:
         assert b[s] == pytest.approx(a[s], abs=1e-5), (s, a[s], b[s])
 
 
-# pretraining: random masking, RoPE rescaling and EMA draw random numbers in the main process, so the resumed run
-# must continue the saved RNG streams; inputs are resized (no random crop) as num_workers=0 decodes in this process
+# pretraining: random crops and flips (decoded in this process: num_workers=0), random masking, RoPE rescaling and
+# EMA all draw random numbers, so the resumed run must continue the saved RNG streams from the first batch it draws
 PRE_OPTS = [*TINY, "custom_hooks.2.enabled=False", "default_hooks.logger.interval=1", "custom_hooks.1.interval=1",
             "train_cfg.max_iters=8", "default_hooks.checkpoint.interval=3", "default_hooks.checkpoint.max_keep_ckpts=3",
             "train_dataloader.batch_size=4", "train_dataloader.num_workers=0",
-            "train_dataloader.persistent_workers=False", "train_dataloader.dataset.transform.kind=resize",
+            "train_dataloader.persistent_workers=False", "train_dataloader.dataset.transform.kind=pretrain",
             "model.backbone.rope_rescale=2.0", "model.mask_ratio=0.25", "custom_hooks.0.momentum=0.1",
             "train_dataloader.dataset.type=SignalAtRead", "train_dataloader.dataset.source=folder"]
 
@@ -173,11 +174,12 @@ def test_a_flipped_byte_is_found_and_nothing_complete_is_an_error(tmp_path):
     assert target is None and len(notes) == 2
 
 
-# classification (epoch-based): stopped inside an epoch, resumed inside it; drop path draws random numbers
+# classification (epoch-based): stopped inside an epoch, resumed inside it; random flips (in this process) and drop
+# path draw random numbers
 CLS_OPTS = ["--ckpt", "none", "--cfg-options", *TINY, "model.backbone.drop_path_rate=0.1",
             "train_dataloader.batch_size=8", "train_dataloader.num_workers=0",
             "train_dataloader.persistent_workers=False", "train_dataloader.dataset.limit=None",
-            "train_dataloader.dataset.transform.kind=resize", "train_dataloader.dataset.type=SignalAtRead",
+            "train_dataloader.dataset.type=SignalAtRead",
             "val_dataloader.dataset.limit=None", "train_cfg.max_epochs=2", "train_cfg.val_interval=1",
             "default_hooks.logger.interval=1", "custom_hooks.2.init_knn=False"]
 
@@ -273,3 +275,42 @@ def test_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_pat
     r = subprocess.run([*cmd(cut, 29533), "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_curve(ref, cut, list(range(1, 31)))
+
+
+@HOOKS.register_module()
+class SignalAt(Hook):
+    """Sends SIGTERM to this process during iteration `at` (after its step, before the PreemptionHook looks)."""
+
+    priority = "NORMAL"
+
+    def __init__(self, at: int = 0) -> None:
+        self.at = at
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_seg_sigterm_then_resume_matches_uninterrupted(tiny_mosaic, tiny_seg_backbone, tmp_path):
+    """mmseg's UPerNet (dropout in its heads draws random numbers) on the mosaic set: SIGTERM after iteration 5,
+    then --resume: the same losses and the same mIoU as the run that was never stopped."""
+    seg_cfg = "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py"
+    config = tmp_path / "signalled.py"
+    config.write_text(f"_base_ = ['{ROOT / seg_cfg}']\ncustom_hooks = [dict(type='LayerDecayLRHook', warmup=2, "
+                      "schedule='poly'), dict(type='SignalAt', at=0)]\n")
+    opts = ["train_cfg.max_iters=8", "train_cfg.val_interval=8", "default_hooks.checkpoint.interval=3",
+            "default_hooks.logger.interval=1", "train_dataloader.batch_size=4", "val_dataloader.batch_size=8",
+            "test_dataloader.batch_size=8", "model.decode_head.channels=16", "model.auxiliary_head.channels=8"]
+    common = lambda wd: ["seg", "--config", str(config), "--ckpt", tiny_seg_backbone, "--data-root", str(tiny_mosaic),
+                         "--work-dir", str(wd)]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert run_cli([*common(ref), "--cfg-options", *opts]) == 0
+    assert run_cli([*common(cut), "--cfg-options", *opts, "custom_hooks.1.at=5"]) == EXIT_PREEMPTED
+    f = final(cut)
+    assert f["status"] == "preempted" and f["steps"] == 5 and f["checkpoint"] == str(cut / "iter_5.pth")
+    assert run_cli([*common(cut), "--resume", "--cfg-options", *opts]) == 0
+    assert final(cut)["status"] == "ok" and final(cut)["steps"] == 8
+    assert_same_curve(ref, cut, list(range(1, 9)))
+    assert final(cut)["mIoU"] == pytest.approx(final(ref)["mIoU"])
