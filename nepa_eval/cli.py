@@ -22,7 +22,8 @@ COMMANDS: dict[str, str] = {
     "analyze": "attention maps and next-embedding similarity maps over images",
     "make-data": "write the built-in datasets (Fashion-MNIST folders, segmentation mosaic) to disk",
     "bench": "benchmarks: backbone / pretraining / segmentation step speed and memory",
-    "doctor": "check this machine for nepa-eval runs (packages, mmcv ops, devices, numerics, compile, dist, disk)",
+    "doctor": "check this machine for nepa-eval runs (packages, mmcv ops, devices, numerics, compile, dist, disk); "
+              "exit 1 if a check fails",
 }
 
 

@@ -341,7 +341,10 @@ def check_work_dir(work_dir: str) -> list[Row]:
                                         f"below {MIN_FREE_GIB:g} GiB fails, below {LOW_FREE_GIB:g} GiB warns")]
 
 
-def check_data(data: Optional[str], data_root: Optional[str], seg_config: str = "") -> list[Row]:
+SEG_CONFIG = "seg_configs/nepa/nepa-b_upernet_8xb2-160k_ade20k-512x512.py"  # ADE20K's classes
+
+
+def check_data(data: Optional[str], data_root: Optional[str], seg_config: str = SEG_CONFIG) -> list[Row]:
     """--data: resolved as pretrain / cls / knn resolve it (nepa_eval/data/resolve.py); --data-root: the
     segmentation layout check seg runs first (nepa_eval/data/ade.py), with the classes of --seg-config."""
     rows = []
@@ -350,7 +353,7 @@ def check_data(data: Optional[str], data_root: Optional[str], seg_config: str = 
 
         try:
             spec = resolve_data(data, labelled=False)
-            rows.append(Row("data", OK, f"{data}: {spec}"))
+            rows.append(Row("data", OK, f"{data}: {spec.source} {spec.root or ''}, splits {', '.join(spec.splits)}"))
         except Exception as e:
             rows.append(Row("data", FAIL, f"{data}: {e}", "see README 'Where your weights and data can be'"))
     if data_root:
@@ -410,7 +413,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                           "disk [%(default)s]")
     p.add_argument("--data", help="also resolve this --data value as pretrain / cls / knn would")
     p.add_argument("--data-root", help="also check this segmentation data root (ADE20K layout) as seg would")
-    p.add_argument("--seg-config", default="seg_configs/nepa/nepa-b_upernet_8xb2-160k_ade20k-512x512.py",
+    p.add_argument("--seg-config", default=SEG_CONFIG,
                    help="the segmentation config whose classes --data-root is checked against [%(default)s]")
     p.add_argument("--bench", action="store_true",
                    help="then the cluster benchmark table (nepa-eval bench cluster): NEPA-B pretraining MFU (bf16, "

@@ -10,6 +10,7 @@ from collections import namedtuple
 import pytest
 import torch
 
+from conftest import needs_fashion
 from nepa_eval import doctor
 from nepa_eval.bench import cluster_rows, format_cluster, seg_tokens
 
@@ -147,8 +148,20 @@ def test_work_dir_writable_and_unwritable_and_full(tmp_path, monkeypatch):
 def test_data_checks_reuse_the_runs_resolution(tmp_path):
     rows = doctor.check_data(str(tmp_path / "nowhere"), None)
     assert rows[0].status == doctor.FAIL and "nowhere" in rows[0].result
-    rows = doctor.check_data(None, str(tmp_path))
-    assert rows[0].check == "seg data" and rows[0].status == doctor.FAIL
+    rows = doctor.check_data(None, str(tmp_path))  # no ADE20K layout here
+    assert rows[0].check == "seg data" and rows[0].status == doctor.FAIL and "ADEChallengeData2016" in rows[0].result
+
+
+@needs_fashion
+def test_data_checks_pass_on_good_data(tmp_path):
+    from nepa_eval.data.fashion import make_mosaic
+
+    rows = doctor.check_data("fashion_mnist", None)
+    assert rows[0].status == doctor.OK and "splits train, test" in rows[0].result
+
+    root = make_mosaic(tmp_path / "mosaic", n_train=4, n_val=2, seed=0).parent
+    rows = doctor.check_data(None, str(root), "seg_configs/nepa/nepa-t_upernet_fashion-mosaic-56x56_cpu.py")
+    assert rows[0].status == doctor.OK and "'training': 4" in rows[0].result
 
 
 def test_main_prints_one_table_and_exits_1_on_a_failed_check(tmp_path, monkeypatch, capsys):
