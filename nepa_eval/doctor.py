@@ -28,6 +28,10 @@ MIN_FREE_GIB, LOW_FREE_GIB = 1.0, 20.0  # below: fail / warn (NEPA-B checkpoints
 SETUP = "run scripts/setup.sh (NEPA_TORCH_SPEC=... for another torch)"
 
 
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
 @dataclass
 class Row:
     check: str
@@ -57,7 +61,7 @@ def check_versions() -> list[Row]:
         try:
             mod = importlib.import_module(name)
         except Exception as e:  # an import that fails is the finding, whatever it raises
-            problems.append(f"{name} does not import ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+            problems.append(f"{name} does not import ({_why(e)})")
             continue
         v = getattr(mod, "__version__", None) or version(DIST.get(name, name))
         found.append(f"{name} {v}")
@@ -89,7 +93,7 @@ def check_mmcv_ops(devices: list[torch.device]) -> list[Row]:
         import mmcv._ext  # noqa: F401  (the compiled ops)
         from mmcv.ops import get_compiler_version, get_compiling_cuda_version, nms
     except Exception as e:
-        return [Row("mmcv ops", FAIL, f"compiled ops missing ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+        return [Row("mmcv ops", FAIL, f"compiled ops missing ({_why(e)})",
                     fix)]
     built_cuda = get_compiling_cuda_version()
     info = f"built with {get_compiler_version()}, CUDA {built_cuda}"
@@ -105,7 +109,7 @@ def check_mmcv_ops(devices: list[torch.device]) -> list[Row]:
             _, keep = nms(boxes.to(dev), scores.to(dev), iou_threshold=0.5)
             good = keep.cpu().tolist() == [0, 2]
         except Exception as e:
-            return [Row("mmcv ops", FAIL, f"{info}; nms on {dev}: {type(e).__name__}: {e}", fix)]
+            return [Row("mmcv ops", FAIL, f"{info}; nms on {dev}: {_why(e)}", fix)]
         if not good:
             return [Row("mmcv ops", FAIL, f"{info}; nms on {dev} kept {keep.cpu().tolist()}, expected [0, 2]", fix)]
     return [Row("mmcv ops", OK, f"{info}; nms right on {', '.join(map(str, devices))}")]
@@ -252,7 +256,7 @@ def check_compile(dev: torch.device) -> list[Row]:
         want = net(x)
         want.sum().backward()
     except Exception as e:
-        return [Row(f"compile {dev}", FAIL, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", fix)]
+        return [Row(f"compile {dev}", FAIL, _why(e), fix)]
     finally:
         torch._dynamo.reset()
     err = max((got - want).abs().max().item(), (g - net[0].weight.grad).abs().max().item())
@@ -282,7 +286,7 @@ def check_distributed(dev: torch.device) -> list[Row]:
         dist.all_reduce(t)
         good = t.sum().item() == 4
     except Exception as e:
-        return [Row(f"distributed {backend}", FAIL, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+        return [Row(f"distributed {backend}", FAIL, _why(e),
                     "check torch's distributed build (NCCL for GPUs) and that 127.0.0.1 ports can be opened")]
     finally:
         if dist.is_initialized():
@@ -396,7 +400,7 @@ def run_checks(args: argparse.Namespace) -> list[Row]:
             rows += check()
         except Exception as e:  # a check that crashes is a failed check, named, never a traceback instead of the table
             name = getattr(check, "__name__", "check")
-            rows.append(Row(name, FAIL, f"the check itself failed: {type(e).__name__}: {e}", "report this table"))
+            rows.append(Row(name, FAIL, f"the check itself failed: {_why(e)}", "report this table"))
     return rows
 
 
