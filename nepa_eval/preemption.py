@@ -6,9 +6,11 @@ SLURM and Kubernetes send SIGTERM some seconds before they kill a job (SLURM: `K
 task's runtime config (``default_hooks.preemption``), so `nepa-eval pretrain|cls|seg` and mmengine's / mmseg's own
 tools/train.py run it alike. What it does:
 
-- before the run: installs the signal handlers (they only set a flag; DataLoader workers forked later inherit
-  them and keep serving batches); on `--resume`, checks the checkpoint `last_checkpoint` names and, if it is
-  incomplete or corrupt, resumes from the newest complete one before it, saying so;
+- before the run, on `--resume`: checks the checkpoint `last_checkpoint` names and, if it is incomplete or corrupt,
+  resumes from the newest complete one before it, saying so;
+- from the start of training to its last step: the signal handlers (they only set a flag; DataLoader workers
+  forked later inherit them and keep serving batches); after the last step (final validation, k-NN, export) and in
+  test-only runs a signal acts as without this hook;
 - after every training step: the flag, agreed by all ranks (one all-reduce, so every rank stops at the same step
   under torchrun), stops the run: the checkpoint of that step is written atomically (``iter_<step>.pth``, then
   `last_checkpoint`), final_metrics.json gets status ``preempted``, the ranks meet, and the process exits with
@@ -189,6 +191,7 @@ class PreemptionHook(Hook):
     def __init__(self, signals: Sequence[str] = SIGNALS, exit_code: int = EXIT_PREEMPTED) -> None:
         self.signals, self.exit_code = tuple(signals), int(exit_code)
         self.received: Optional[str] = None
+        self.steps_over = False  # after the last training step a signal is no longer held back
         self._previous: dict[int, Any] = {}
         self._rng: Optional[dict] = None
         self._skip_batches = 0
@@ -197,6 +200,11 @@ class PreemptionHook(Hook):
 
     # signals -----------------------------------------------------------------------------------
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.steps_over:  # no training step left to finish (final validation, k-NN, export): end as without us
+            prev = self._previous.pop(signum, None)
+            signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.received = self.received or signal.Signals(signum).name
 
     def install(self) -> None:
@@ -216,8 +224,7 @@ class PreemptionHook(Hook):
 
     # run ---------------------------------------------------------------------------------------
     def before_run(self, runner) -> None:
-        self.received = None
-        self.install()
+        self.received, self.steps_over = None, False
         if getattr(runner, "_resume", False) and getattr(runner, "_load_from", None) is None:
             self._pick_resume(runner)
 
@@ -271,6 +278,7 @@ class PreemptionHook(Hook):
             self._rng = None
 
     def before_train(self, runner) -> None:
+        self.install()  # training only: a test-only run (cls --eval-only, seg --test-only) ends on a signal as before
         if self._rng is None:
             return
         # this hook restores the RNG states, before the first batch is drawn; a checkpoint hook's own restore at the
@@ -318,6 +326,7 @@ class PreemptionHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not self.stop_requested():
+            self.steps_over = self.is_last_train_iter(runner)
             return
         from nepa_eval.engine import update_final
 

@@ -316,3 +316,23 @@ def test_seg_sigterm_then_resume_matches_uninterrupted(tiny_mosaic, tiny_seg_bac
     assert final(cut)["status"] == "ok" and final(cut)["steps"] == 8
     assert_same_curve(ref, cut, list(range(1, 9)))
     assert final(cut)["mIoU"] == pytest.approx(final(ref)["mIoU"])
+
+
+def test_after_the_last_step_a_signal_is_not_held_back():
+    """Once no training step is left, the hook gives the signal back to the handler it replaced (here a recorder
+    standing in for the default action, which would end the process) instead of waiting for a step."""
+    from nepa_eval.preemption import PreemptionHook
+
+    seen = []
+    old = signal.signal(signal.SIGUSR1, lambda s, f: seen.append(s))
+    try:
+        hook = PreemptionHook()
+        hook.install()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert hook.received == "SIGUSR1" and seen == []  # held back: the run stops after its current step
+        hook.received, hook.steps_over = None, True
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert hook.received is None and seen == [signal.SIGUSR1]  # passed on at once
+        hook.uninstall()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
