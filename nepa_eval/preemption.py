@@ -15,8 +15,9 @@ tools/train.py run it alike. What it does:
   under torchrun), stops the run: the checkpoint of that step is written atomically (``iter_<step>.pth``, then
   `last_checkpoint`), final_metrics.json gets status ``preempted``, the ranks meet, and the process exits with
   EXIT_PREEMPTED (a SystemExit, so no traceback, and no end-of-training work such as the final k-NN);
-- checkpoints carry the process's RNG states (meta.rng) and are restored on resume; an epoch-based loop (cls)
-  stopped inside an epoch resumes inside it (the sampler skips the batches already trained on).
+- checkpoints carry the process's RNG states (meta.rng), restored on resume just before the first batch is drawn
+  (so data decoded in this process continues its random stream too); an epoch-based loop (cls) stopped inside an
+  epoch resumes inside it (the sampler skips the batches already trained on, without reading them).
 """
 from __future__ import annotations
 
