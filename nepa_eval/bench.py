@@ -267,3 +267,152 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown benchmark {name!r}; available: {sorted(BENCHES)}")
         BENCHES[name](args)
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the cluster table (`nepa-eval bench cluster`, `nepa-eval doctor --bench`)
+# ----------------------------------------------------------------------------------------------
+# the issue's GPU targets: NEPA-B pretraining bf16 MFU on one H100, seg time per token vs MAE-B, fine-tune speed vs
+# timm's ViT-B (its time / ours)
+CLUSTER_TARGETS = {"pretrain": (">=", 0.50), "seg": ("<=", 1.10), "finetune": (">=", 1.00)}
+# sizes: (depth, image, batch) of the pretraining and fine-tune steps, (crop, batch) of the seg iteration
+CLUSTER_SIZES = {"cuda": dict(depth=12, img=224, batch=128, seg=512, seg_batch=8),
+                 "cpu": dict(depth=2, img=112, batch=4, seg=64, seg_batch=2)}
+
+
+def mfu(flops: float, sec: float, peak: float) -> float:
+    """Model FLOPs utilisation: the step's matmul FLOPs per second over the measured matmul peak."""
+    return flops / sec / peak
+
+
+def seg_tokens(size: int, patch: int, pad: bool) -> int:
+    """Backbone tokens of a size x size crop: NEPA pads to the patch (mmseg's MAE needs a multiple of it)."""
+    side = -(-size // patch) if pad else size // patch
+    return side * side
+
+
+def cluster_rows(m: dict) -> list[dict]:
+    """The table's rows from the measurements `m`: peak (FLOP/s), flops (one pretraining step), pretrain
+    {mode: sec}, batch, seg {name: dict(sec, tokens, batch, peak)}, finetune {nepa, timm: sec}, device. Each row:
+    what, ours, reference, value (MFU or ratio), target, verdict (met / not met; 'n/a' off a GPU, whose sizes
+    are not the targets')."""
+    gpu = m["device"] == "cuda"
+
+    def verdict(key: str, value: float) -> tuple[str, str]:
+        op, want = CLUSTER_TARGETS[key]
+        target = f"{op} {want:.0%}" if key == "pretrain" else f"{op} {want:.2f}x"
+        if not gpu:
+            return target, "n/a (CPU sizes)"
+        return target, "met" if (value >= want if op == ">=" else value <= want) else "not met"
+
+    rows = []
+    for mode, sec in m["pretrain"].items():
+        u = mfu(m["flops"], sec, m["peak"])
+        rows.append(dict(what=f"NEPA-B pretraining step, bf16, {mode}", ours=f"{m['batch'] / sec:.1f} img/s, "
+                         f"{1000 * sec:.1f} ms", reference=f"matmul peak {m['peak'] / 1e12:.2f} TFLOP/s",
+                         value=u, shown=f"MFU {u:.1%}", **dict(zip(("target", "verdict"), verdict("pretrain", u)))))
+    if m.get("seg"):
+        n, r = m["seg"]["nepa"], m["seg"]["mae"]
+        per = lambda s: s["sec"] / (s["tokens"] * s["batch"])  # noqa: E731
+        ratio = per(n) / per(r)
+        rows.append(dict(what="NEPA-B + UPerNet iteration vs mmseg MAE-B + UPerNet, per token",
+                         ours=f"{1000 * n['sec']:.0f} ms, {1e6 * per(n):.2f} us/token, {n['peak']:.0f} MiB",
+                         reference=f"{1000 * r['sec']:.0f} ms, {1e6 * per(r):.2f} us/token, {r['peak']:.0f} MiB",
+                         value=ratio, shown=f"{ratio:.2f}x time/token, {n['peak'] / r['peak']:.2f}x memory",
+                         **dict(zip(("target", "verdict"), verdict("seg", ratio)))))
+    ft = m["finetune"]
+    speed = ft["timm"] / ft["nepa"]
+    rows.append(dict(what="fine-tune step (bf16) vs timm ViT-B, same patch and tokens",
+                     ours=f"{1000 * ft['nepa']:.1f} ms", reference=f"{1000 * ft['timm']:.1f} ms", value=speed,
+                     shown=f"{speed:.2f}x speed", **dict(zip(("target", "verdict"), verdict("finetune", speed)))))
+    return rows
+
+
+def format_cluster(rows: list[dict]) -> str:
+    lines = ["| measurement | ours | reference | result | target | verdict |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['what']} | {r['ours']} | {r['reference']} | {r['shown']} | {r['target']} | {r['verdict']} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def pretrain_step_fn(model: nn.Module, x: torch.Tensor, compiled: bool) -> Callable[[], None]:
+    """One NEPA pretraining step as the Runner takes it: bf16 autocast forward + loss (torch.compile'd when
+    `compiled`), backward, grad clip 1.0, AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    fwd = torch.compile(model) if compiled else model
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            loss = fwd(x)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def finetune_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One classification step: bf16 autocast logits, cross-entropy, backward, AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+@bench("cluster")
+def bench_cluster(args: argparse.Namespace) -> list[dict]:
+    """The issue's GPU table, measured side by side on one device: NEPA-B pretraining step throughput and MFU (bf16,
+    eager and compiled) against the bf16 matmul peak measured in the same run; a NEPA-B + UPerNet iteration against
+    mmseg's MAE-B (time per token, peak memory; nepa_eval/bench_seg.py); a fine-tune step against timm's
+    ViT-B with the same patch. Full sizes on a GPU; on a CPU the same code at CLUSTER_SIZES['cpu']."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from backbones.nepa import NepaViT
+    from backbones.nepa.model import SIZES
+    from nepa_eval.tasks.pretrain import NepaPretrainModel
+
+    dev = device_of(args.device)
+    sz = CLUSTER_SIZES["cuda" if dev.type == "cuda" else "cpu"]
+    depth, img, bs = sz["depth"], sz["img"], sz["batch"]
+    tokens = 1 + (img // 14) ** 2
+    warm, iters = max(args.warmup, 2), args.iters
+    peak = matmul_peak(dev, torch.bfloat16, (4096, 8192) if dev.type == "cuda" else (256, 512, 1024))
+    m: dict = dict(device=dev.type, peak=peak, batch=bs, pretrain={}, finetune={},
+                   flops=vit_train_flops(768, depth, tokens, 3072, False, bs))
+    x = torch.randn(bs, 3, img, img, device=dev)
+    for mode in ("eager", "compiled"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = NepaPretrainModel(backbone={**SIZES["base"], "depth": depth, "img_size": img, "patch_size": 14,
+                                            "rope_rescale": 2.0}).to(dev).train()
+        m["pretrain"][mode] = time_fn(pretrain_step_fn(model, x, mode == "compiled"), dev, warm, iters)
+        del model
+    torch._dynamo.reset()
+    y = torch.randint(0, 1000, (bs,), device=dev)
+    common = dict(img_size=img, patch_size=14, embed_dim=768, depth=depth, num_heads=12, num_classes=1000)
+    for name, build in (("timm", lambda: VisionTransformer(**common, global_pool="avg", fc_norm=True)),
+                        ("nepa", lambda: NepaViT(**common, causal=False))):
+        torch.manual_seed(0)
+        model = build().to(dev).train()
+        m["finetune"][name] = time_fn(finetune_step_fn(model, x, y), dev, warm, iters)
+        del model
+    from nepa_eval.bench_seg import bench_seg
+
+    seg = bench_seg(argparse.Namespace(device=dev.type, seg_size=sz["seg"], seg_batch=sz["seg_batch"],
+                                       warmup=args.warmup, iters=iters), quiet=True)
+    m["seg"] = {key: dict(r, tokens=seg_tokens(sz["seg"], patch, key == "nepa"), batch=sz["seg_batch"])
+                for key, patch, r in (("mae", 16, seg[0][1]), ("nepa", 14, seg[1][1]))}
+    rows = cluster_rows(m)
+    print(f"\n# cluster table: {dev.type}"
+          + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")
+          + f", torch {torch.__version__}; pretraining and fine-tune: depth {depth}, {img}px patch 14 ({tokens} "
+          f"tokens), batch {bs}; seg: {sz['seg']}px crop, batch {sz['seg_batch']}; median of {iters} after {warm} "
+          "warm-up steps; MFU = matmul FLOPs of the step (causal attention counted in full) / time / measured bf16 "
+          "matmul peak")
+    print(format_cluster(rows), flush=True)
+    return rows

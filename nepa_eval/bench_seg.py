@@ -78,8 +78,9 @@ def _bench_one(config: str, batch: int, size: int, warmup: int, iters: int, devi
     q.put(dict(sec=sec, peak=peak, params=params, tokens=None))
 
 
-def bench_seg(args: argparse.Namespace) -> None:
-    """One training iteration (forward, backward, AdamW step) of NEPA-B + UPerNet vs MAE-B + UPerNet at 512."""
+def bench_seg(args: argparse.Namespace, quiet: bool = False) -> list[tuple[str, dict]]:
+    """One training iteration (forward, backward, AdamW step) of NEPA-B + UPerNet vs MAE-B + UPerNet at 512.
+    Returns [(name, {sec, peak, params})], MAE-B first; `quiet`: no table."""
     import multiprocessing as mp
 
     from nepa_eval.timing import device_of
@@ -98,6 +99,8 @@ def bench_seg(args: argparse.Namespace) -> None:
         if p.exitcode != 0:
             raise RuntimeError(f"benchmark of {name} failed (exit code {p.exitcode})")
         rows.append((name, q.get()))
+    if quiet:
+        return rows
     ref = rows[0][1]
     print(f"# seg train iteration: {size}x{size}, batch {batch}, {dev.type}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.warmup} warm-up + {args.iters} timed (median)")
@@ -107,3 +110,4 @@ def bench_seg(args: argparse.Namespace) -> None:
     for name, r in rows:
         print(f"| {name} | {r['params']:.1f} | {r['sec']:.2f} | {r['sec'] / ref['sec']:.2f} | {r['peak']:.0f} | "
               f"{r['peak'] / ref['peak']:.2f} |")
+    return rows

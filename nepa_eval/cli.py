@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "analyze": "attention maps and next-embedding similarity maps over images",
     "make-data": "write the built-in datasets (Fashion-MNIST folders, segmentation mosaic) to disk",
     "bench": "benchmarks: backbone / pretraining / segmentation step speed and memory",
+    "doctor": "check this machine for nepa-eval runs (packages, mmcv ops, devices, numerics, compile, dist, disk); "
+              "exit 1 if a check fails",
 }
 
 
@@ -30,7 +32,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(
         prog="nepa-eval",
         description="Evaluation and transfer toolkit for NEPA (Next-Embedding Predictive Autoregression) backbones.",
-        epilog="Run 'nepa-eval <command> --help' for the options of one command.")
+        epilog="Run 'nepa-eval <command> --help' for the options of one command. Exit codes: 0 done, 1 a seg "
+               "run that did not end ok, 2 an error in the arguments, data or checkpoint, 3 diverged (pretrain), "
+               "75 preempted: SIGTERM or SIGUSR1 stopped a pretrain / cls / seg run after its current "
+               "step and a checkpoint (rerun with --resume), 130 interrupted (Ctrl-C).")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     subs = {name: sub.add_parser(name, help=help_, description=help_) for name, help_ in COMMANDS.items()}
     return parser, subs
@@ -61,6 +66,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"nepa-eval {name}: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:
+        from nepa_eval.preemption import Preempted
+
+        if isinstance(e, Preempted):  # the run wrote its checkpoint and final_metrics.json (status preempted)
+            return int(e.code)
+        raise
     except KeyboardInterrupt:
         print(f"\nnepa-eval {name}: interrupted; rerun with --resume to continue from the last checkpoint",
               file=sys.stderr)

@@ -8,7 +8,8 @@ The pieces each live in their own module and are re-exported here (the configs' 
 A run directory holds:
     config.py            the resolved config (every `_base_` and --cfg-options applied)
     scalars.jsonl        one JSON object per logged step / evaluation: {"step": ..., "loss": ..., ...}
-    final_metrics.json   {"task", "status": running|ok|failed|collapsed|trivial|diverged, "reason", "steps", <metrics>,
+    final_metrics.json   {"task", "status": running|ok|failed|collapsed|trivial|diverged|preempted, "reason", "steps",
+                          <metrics>,
                           "run_id", "code_commit", "started_from": the checkpoint, its hash and run (or null)}
     iter_N.pth / epoch_N.pth + last_checkpoint   mmengine checkpoints (resume with --resume)
 The report rebuilds every table from these files and the ablate manifests alone.

@@ -16,7 +16,11 @@ def add_runner_args(p: argparse.ArgumentParser, default_config: Optional[str] = 
     p.add_argument("--config", default=default_config,
                    help=f"config file (mmengine format, `_base_` inheritance){' [default: %(default)s]' if default_config else ''}")
     p.add_argument("--work-dir", help="run directory (default: work_dirs/<task>/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in --work-dir (an incomplete or corrupt last checkpoint is "
+                        "skipped for the one before it, with a warning). SIGTERM or SIGUSR1 (SLURM, Kubernetes) stop a "
+                        "run after its current step with a checkpoint, status 'preempted' and exit code 75: rerun "
+                        "with --resume")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                    help="distributed launcher (use 'pytorch' under torchrun)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},

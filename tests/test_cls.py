@@ -102,7 +102,7 @@ def test_configs_hold_the_release_recipe():
         assert t.mean == (0.5, 0.5, 0.5) and c.model.mixup == dict(mixup_alpha=0.8, cutmix_alpha=1.0)
         assert c.model.label_smoothing == 0.1 and c.model.freeze_patch_embed and c.model.backbone.causal is False
         assert c.custom_imports.imports == ["nepa_eval.engine", "nepa_eval.data.sources", "nepa_eval.data.check",
-                                           "nepa_eval.tasks.cls"]
+                                           "nepa_eval.tasks.cls", "nepa_eval.preemption"]
     assert Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-b_in1k_causal.py")).model.backbone.causal is True
     cosine = Config.fromfile(str(ROOT / "cls_configs/finetune/nepa-b_in1k_cosine-ramp.py"))
     assert cosine.optim_wrapper.paramwise_cfg.layer_decay_ramp == "cosine"

@@ -319,3 +319,18 @@ def test_a_from_scratch_finetune_is_only_the_random_init_row(tmp_path):
     assert core["random_init"].ours == 70.0 and core["no_causal"].ours == 65.0 and core["full"].status == "missing"
     imagenet = {c.row.name: c for c in report.build_cells(report.load_spec("imagenet"), runs)}
     assert imagenet["nepa_t"].status == "missing" and imagenet["nepa_b"].status == "missing"
+
+
+def test_a_preempted_run_is_unfinished_not_a_result(tmp_path):
+    """A run stopped by SIGTERM (status preempted, resumable) counts as running: never the row's value, and a
+    finished run of the same row wins over it even when the preempted one is newer."""
+    root = tmp_path / "runs"
+    make_run(root / "cut", "pretrain", pre_cfg(), status="preempted", metrics=dict(knn_top1=50.0))
+    cells = {c.row.name: c for c in report.build_cells(report.load_spec("core"), report.discover_runs([root]))}
+    assert cells["full"].status == "running" and cells["full"].ours is None
+    make_run(root / "done", "pretrain", pre_cfg(), metrics=dict(knn_top1=71.5))
+    import os
+
+    os.utime(root / "cut" / "final_metrics.json")  # the preempted run is the newer one
+    cells = {c.row.name: c for c in report.build_cells(report.load_spec("core"), report.discover_runs([root]))}
+    assert cells["full"].ours == 71.5 and cells["full"].run.path.name == "done"

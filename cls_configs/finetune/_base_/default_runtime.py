@@ -1,5 +1,6 @@
 # Runtime shared by the fine-tuning configs: mmengine Runner, hooks, model + EMA validation.
-custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.data.check', 'nepa_eval.tasks.cls'],
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.data.check', 'nepa_eval.tasks.cls',
+                               'nepa_eval.preemption'],
                       allow_failed_imports=False)
 default_scope = None
 protocol = 'finetune'
@@ -14,6 +15,8 @@ default_hooks = dict(
     # unreadable images are skipped, logged and listed in final_metrics.json (bad_files); the run stops past
     # max(min_files, max_fraction x the data) of them
     bad_files=dict(type='BadFilesHook', max_fraction=0.001, min_files=100),
+    # SIGTERM / SIGUSR1: finish the step, write a checkpoint, status 'preempted', exit 75 (nepa_eval/preemption.py)
+    preemption=dict(type='PreemptionHook'),
 )
 param_scheduler = []
 

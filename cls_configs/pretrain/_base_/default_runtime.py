@@ -1,7 +1,8 @@
 # Runtime shared by every pretraining recipe: iteration-based loop, JSON + TensorBoard scalars, progress with ETA
 # in the log; its hooks (crash-safe checkpoints, lr recipe, health and non-finite checks, ...):
 # pretrain_runtime_hooks.py.
-custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.data.check', 'nepa_eval.tasks.pretrain'],
+custom_imports = dict(imports=['nepa_eval.engine', 'nepa_eval.data.sources', 'nepa_eval.data.check', 'nepa_eval.tasks.pretrain',
+                               'nepa_eval.preemption'],
                       allow_failed_imports=False)
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)

@@ -30,6 +30,8 @@ default_hooks = dict(
     # unreadable images are skipped, logged and listed in final_metrics.json (bad_files); the run stops past
     # max(min_files, max_fraction x the data) of them
     bad_files=dict(type='BadFilesHook', max_fraction=0.001, min_files=100),
+    # SIGTERM / SIGUSR1: finish the step, write a checkpoint, status 'preempted', exit 75 (nepa_eval/preemption.py)
+    preemption=dict(type='PreemptionHook'),
     lr_recipe=dict(type='LrRecipeHook', base_batch_size=256, warmup_ratio=0.025, warmup_start_factor=1e-3,
                    min_lr_ratio=0.0),
     ema=dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=1e-4, update_buffers=True, priority=49),

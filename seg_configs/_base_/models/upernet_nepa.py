@@ -6,7 +6,7 @@ _base_ = ['mmseg::_base_/models/upernet_mae.py']
 # a config that adds its own imports must keep these in the list
 custom_imports = dict(
     imports=['backbones.nepa.mmseg_backbone', 'nepa_eval.layer_decay', 'nepa_eval.engine', 'nepa_eval.data.seg',
-             'nepa_eval.data.check'],
+             'nepa_eval.data.check', 'nepa_eval.preemption'],
     allow_failed_imports=False)
 
 # NEPA is pretrained (and fine-tuned by the release) on pixels normalised with mean = std = 0.5, not with

@@ -24,4 +24,6 @@ custom_hooks = [
 # `nepa-eval seg` wraps in SkipBadFiles, logged and listed in final_metrics.json (bad_files); the run stops past
 # max(min_files, max_fraction x the data) of them
 default_hooks = dict(run_record=dict(type='RunRecordHook', task='seg'),
-                     bad_files=dict(type='BadFilesHook', max_fraction=0.001, min_files=100))
+                     bad_files=dict(type='BadFilesHook', max_fraction=0.001, min_files=100),
+                     # SIGTERM / SIGUSR1: finish the step, write a checkpoint, status 'preempted', exit 75
+                     preemption=dict(type='PreemptionHook'))
