@@ -18,6 +18,7 @@ from nepa_eval.records import FINAL, SCALARS, read_final
 from .manifest import MANIFEST, read_manifest
 
 FAIL_STATUSES = ("failed", "collapsed", "diverged", "trivial")
+UNFINISHED = ("running", "preempted")  # a preempted run stopped on a signal with a checkpoint: --resume finishes it
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from nepa_eval.records import FINAL
 
-from .runs import Run
+from .runs import UNFINISHED, Run
 from .spec import PIXELS_METRIC, TableSpec, Row
 
 CSV_COLUMNS = ("row", "label", "paper", "ours", "std", "seeds", "metric", "scale", "status", "agrees", "run", "reason")
@@ -146,7 +146,7 @@ def cell_line(c: Cell, label_width: int = 44) -> str:
 
 def _pick(runs: list[Run]) -> Run:
     """Of several runs of one row and stage: a finished one over a running one, then the newest."""
-    return max(runs, key=lambda r: (r.status != "running", r.mtime))
+    return max(runs, key=lambda r: (r.status not in UNFINISHED, r.mtime))
 
 
 def _seed_key(run: Run) -> tuple:
@@ -186,7 +186,7 @@ def _fill(spec: TableSpec, cell: Cell, at: list[Run], metric: str) -> None:
     cell.scale = cell.run.scale
     failure = {id(r): next((x for x in r.lineage() if x.failed), None) for r in chosen}  # the first failed run
     bad = [(r, failure[id(r)]) for r in chosen if failure[id(r)] is not None]
-    good = [r for r in chosen if r.status != "running" and failure[id(r)] is None]
+    good = [r for r in chosen if r.status not in UNFINISHED and failure[id(r)] is None]
     if len(bad) * 2 > len(chosen):  # most seeds failed: the row failed, as the paper prints it
         run, why = bad[0]
         cell.run, cell.status = run, "fail"
