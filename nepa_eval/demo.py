@@ -43,7 +43,8 @@ def findings(results: list, depth: dict[str, dict[int, float]]) -> str:
     for name, what in (("no_shift", "no shift"), ("no_stop_grad", "no stop-gradient")):
         c = core.get(name)
         if c is not None and c.status == "fail":
-            lines.append(f"- {what} fails ({c.reason or 'collapse'}), as in the paper.")
+            why = (c.reason or "collapse").split(":")[0]  # 'pretrain trivial', 'pretrain collapsed'
+            lines.append(f"- {what} fails ({why}), as in the paper.")
         elif c is not None:
             lines.append(f"- {what} does not fail here ({_val(c)}); the paper's run failed.")
     nc = core.get("no_causal")
