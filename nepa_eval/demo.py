@@ -1,4 +1,4 @@
-"""The demo (`nepa-eval demo`): the whole flow at tiny scale on built-in data, offline, on a CPU (about eight minutes on 2 cores).
+"""The demo (`nepa-eval demo`): the whole flow at tiny scale on built-in data, offline, on a CPU (8.5 min on 2 cores).
 
 1. the core ablation (`ablate core --scale tiny`), scored as the paper scores it: four pretrainings on
    Fashion-MNIST, each fine-tuned (`nepa-eval cls`, 10,000 labels) unless it failed, the same fine-tune from random
