@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from nepa_eval.records import _atomic_write
 from nepa_eval.transfer_report import MANIFEST, write_report
 
 
@@ -176,9 +177,7 @@ def write_manifest(root: Path, chains: list[list[Entry]], meta: dict[str, Any]) 
     root.mkdir(parents=True, exist_ok=True)
     path = root / MANIFEST
     body = dict(study="transfer", **meta, runs=[e.record() for chain in chains for e in chain])
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=1))
-    tmp.replace(path)
+    _atomic_write(path, json.dumps(body, indent=1))
     return path
 
 

@@ -13,16 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from nepa_eval.records import read_final as _final  # {} for a run that wrote none
+
 MANIFEST = "manifest.json"  # written by nepa_eval.transfer beside the runs
-FINAL = "final_metrics.json"
-
-
-def _final(run_dir: str) -> dict[str, Any]:
-    p = Path(run_dir) / FINAL
-    try:
-        return json.loads(p.read_text()) if p.is_file() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
